@@ -1,0 +1,1 @@
+"""C kernels of the linalg ops (semantics: kiln/ops/linalg.py)."""

@@ -1,0 +1,1 @@
+"""C kernels of the movement ops (semantics: kiln/ops/movement.py)."""

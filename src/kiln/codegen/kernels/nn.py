@@ -1,0 +1,1 @@
+"""C kernels of the nn ops (semantics: kiln/ops/nn.py)."""

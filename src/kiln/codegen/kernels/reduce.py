@@ -1,0 +1,1 @@
+"""C kernels of the reduce ops (semantics: kiln/ops/reduce.py)."""

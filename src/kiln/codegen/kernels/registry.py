@@ -1,0 +1,205 @@
+"""The kernel contract: one C template function per IR op, table-driven like the ops.
+
+A template receives a KernelContext and returns the C statements of the kernel body. Inputs
+are `in0, in1, ...` and outputs `out0, ...` (typed, restrict pointers, all shapes static).
+A template writes each element of a single output exactly once through `ctx.store(i, v)`;
+that lets the fusion pass append an elementwise chain (the epilogue) to any such kernel.
+Templates that cannot do so register with `epilogue=False`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ...errors import UnsupportedOpError
+from ...ir.types import TensorType
+
+C_TYPES = {
+    "float32": "float",
+    "float64": "double",
+    "int8": "int8_t",
+    "int16": "int16_t",
+    "int32": "int32_t",
+    "int64": "int64_t",
+    "uint8": "uint8_t",
+    "uint16": "uint16_t",
+    "uint32": "uint32_t",
+    "uint64": "uint64_t",
+    "bool": "uint8_t",
+}
+
+
+def ctype(dtype: str) -> str:
+    """The C type that stores one element of dtype."""
+    try:
+        return C_TYPES[dtype]
+    except KeyError:
+        raise UnsupportedOpError(f"dtype {dtype} has no C kernel type") from None
+
+
+def is_float(dtype: str) -> bool:
+    return np.dtype(dtype).kind == "f"
+
+
+def lit(value: Any, dtype: str) -> str:
+    """A C literal for value in dtype (inf/nan included)."""
+    if dtype == "bool":
+        return "1" if value else "0"
+    if is_float(dtype):
+        v = float(value)
+        suffix = "f" if dtype == "float32" else ""
+        if math.isnan(v):
+            return "NAN"
+        if math.isinf(v):
+            return "INFINITY" if v > 0 else "(-INFINITY)"
+        return f"{v!r}{suffix}" if "e" in repr(v) or "." in repr(v) else f"{v!r}.0{suffix}"
+    v = int(value)
+    if dtype in ("int64", "uint64"):
+        if v == -(2**63):
+            return "INT64_MIN"
+        return f"INT64_C({v})" if dtype == "int64" else f"UINT64_C({v})"
+    return str(v)
+
+
+def mathfn(name: str, dtype: str) -> str:
+    """The libm function for dtype: expf for float32, exp for float64."""
+    return name + "f" if dtype == "float32" else name
+
+
+def strides(shape: tuple[int, ...]) -> list[int]:
+    """Row-major element strides of shape."""
+    out, acc = [0] * len(shape), 1
+    for i in range(len(shape) - 1, -1, -1):
+        out[i] = acc
+        acc *= shape[i]
+    return out
+
+
+def broadcast_index(in_shape: tuple[int, ...], out_shape: tuple[int, ...], i: str) -> str:
+    """C expression: the flat index into an input broadcast (numpy rules) to out_shape."""
+    if tuple(in_shape) == tuple(out_shape):
+        return i
+    if int(np.prod(in_shape, dtype=np.int64)) == 1:
+        return "0"
+    pad = len(out_shape) - len(in_shape)
+    full = (1,) * pad + tuple(in_shape)
+    in_st, out_st = strides(full), strides(tuple(out_shape))
+    terms = []
+    for d, (n_in, n_out) in enumerate(zip(full, out_shape, strict=True)):
+        if n_in == 1 or n_out == 1:
+            continue
+        coord = f"({i} / {out_st[d]})"
+        if d > 0:
+            coord = f"({coord} % {n_out})"
+        terms.append(f"{coord} * {in_st[d]}" if in_st[d] != 1 else coord)
+    return " + ".join(terms) if terms else "0"
+
+
+@dataclass
+class KernelContext:
+    """What a template needs: the anchor's types and attrs, names, and the store hook."""
+
+    in_types: list[TensorType]
+    out_types: list[TensorType]
+    attrs: dict[str, Any]
+    ins: list[str] = field(default_factory=list)
+    outs: list[str] = field(default_factory=list)
+    # Set by the renderer: wraps a computed value with the fused epilogue.
+    epilogue: Callable[[str, str], str] | None = None
+
+    def store(self, index: str, value: str, out: int = 0) -> str:
+        """C statement writing value at flat index of output `out` (through the epilogue)."""
+        if out == 0 and self.epilogue is not None:
+            return f"{{ const int64_t kiln_i = (int64_t)({index}); " \
+                   f"{self.outs[0]}[kiln_i] = {self.epilogue('kiln_i', value)}; }}"
+        return f"{self.outs[out]}[{index}] = ({value});"
+
+    def t(self, i: int = 0) -> str:
+        """C type of input i."""
+        return ctype(self.in_types[i].dtype)
+
+    def ot(self, i: int = 0) -> str:
+        """C type of the anchor's output i (before any epilogue)."""
+        return ctype(self.out_types[i].dtype)
+
+
+TemplateFn = Callable[[KernelContext], str]
+
+
+@dataclass(frozen=True)
+class KernelDef:
+    op: str
+    template: TemplateFn
+    epilogue: bool = True
+
+
+_KERNELS: dict[str, KernelDef] = {}
+
+
+def kernel(op: str, *, epilogue: bool = True) -> Callable[[TemplateFn], TemplateFn]:
+    """Decorator registering the C template of IR op `op`."""
+
+    def wrap(fn: TemplateFn) -> TemplateFn:
+        if op in _KERNELS:
+            raise ValueError(f"kernel for {op} registered twice")
+        _KERNELS[op] = KernelDef(op, fn, epilogue)
+        return fn
+
+    return wrap
+
+
+def get_kernel(op: str) -> KernelDef:
+    try:
+        return _KERNELS[op]
+    except KeyError:
+        raise UnsupportedOpError(f"no C kernel for IR op '{op}'") from None
+
+
+# Elementwise ops also register a C expression: (operand C names, attrs, operand dtypes,
+# output dtype) -> C expression. Fusion uses it to build epilogues and elementwise kernels.
+ExprFn = Callable[[list[str], dict[str, Any], list[str], str], str]
+_EXPRS: dict[str, ExprFn] = {}
+
+
+def expression(op: str) -> Callable[[ExprFn], ExprFn]:
+    """Decorator registering the C expression of an elementwise IR op (and so its kernel)."""
+
+    def wrap(fn: ExprFn) -> ExprFn:
+        if op in _EXPRS:
+            raise ValueError(f"expression for {op} registered twice")
+        _EXPRS[op] = fn
+        kernel(op)(_elementwise_template(op))
+        return fn
+
+    return wrap
+
+
+def _elementwise_template(op: str) -> TemplateFn:
+    """The kernel of a lone elementwise op: one loop over the output, broadcast loads."""
+
+    def template(ctx: KernelContext) -> str:
+        out = ctx.out_types[0]
+        loads = [
+            f"const {ctx.t(k)} x{k} = {name}[{broadcast_index(t.shape, out.shape, 'i')}];"
+            for k, (name, t) in enumerate(zip(ctx.ins, ctx.in_types, strict=True))
+        ]
+        expr = get_expression(op)(
+            [f"x{k}" for k in range(len(ctx.ins))], ctx.attrs,
+            [t.dtype for t in ctx.in_types], out.dtype,
+        )
+        body = "\n    ".join(loads + [ctx.store("i", expr)])
+        return f"for (int64_t i = 0; i < {out.numel}; ++i) {{\n    {body}\n}}"
+
+    return template
+
+
+def get_expression(op: str) -> ExprFn:
+    try:
+        return _EXPRS[op]
+    except KeyError:
+        raise UnsupportedOpError(f"no C expression for elementwise IR op '{op}'") from None

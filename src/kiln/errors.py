@@ -1,0 +1,44 @@
+"""The exceptions kiln raises on purpose; all derive from KilnError.
+
+Shared by the compiler and the runtime, so it imports nothing from either.
+"""
+
+
+class KilnError(Exception):
+    """Base class of every error kiln raises on purpose."""
+
+
+class UnsupportedOpError(KilnError):
+    """The model uses operators (or operator forms) kiln cannot compile."""
+
+
+class ShapeError(KilnError):
+    """A shape or dtype is unknown, inconsistent or not what an operator expects."""
+
+
+class ModelImportError(KilnError):
+    """A model file cannot be read or is malformed."""
+
+
+class VerificationError(KilnError):
+    """The IR breaks an invariant (found by the verifier between passes)."""
+
+
+class CompileError(KilnError):
+    """The C toolchain failed or is missing."""
+
+
+class FormatError(KilnError):
+    """An artifact is not a kiln library, is damaged, or has an unsupported format version."""
+
+
+class CompatibilityError(KilnError):
+    """An artifact was built for another machine (architecture or CPU features)."""
+
+
+class InputError(KilnError):
+    """A run-time input has the wrong name, shape or dtype, or is missing."""
+
+
+class ExportError(KilnError):
+    """An export was asked for in a form kiln cannot write (unknown suffix, bad path)."""

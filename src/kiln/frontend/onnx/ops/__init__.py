@@ -1,0 +1,3 @@
+"""ONNX converters, one module per op family (importing registers them)."""
+
+from . import elementwise, linalg, movement, nn, reduce  # noqa: F401

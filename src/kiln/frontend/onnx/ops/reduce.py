@@ -1,0 +1,1 @@
+"""ONNX -> IR converters of the reduce ops."""

@@ -1,0 +1,84 @@
+"""GraphBuilder: adds nodes with inferred types, folding those whose inputs are all constant."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import KilnError, ShapeError
+from .graph import Graph, Module, Node, Value
+from .types import TensorType
+
+
+class GraphBuilder:
+    """Builds a Graph incrementally; the frontend and the passes both use it."""
+
+    def __init__(self) -> None:
+        self.graph = Graph()
+        self.constants: dict[str, np.ndarray] = {}
+        self._names: set[str] = set()
+
+    def fresh_name(self, hint: str) -> str:
+        """A value name not used yet, derived from hint."""
+        hint = hint or "v"
+        name, i = hint, 0
+        while name in self._names:
+            i += 1
+            name = f"{hint}_{i}"
+        self._names.add(name)
+        return name
+
+    def add_input(self, name: str, type: TensorType) -> Value:
+        value = Value(self.fresh_name(name), type)
+        self.graph.inputs.append(value)
+        return value
+
+    def add_constant(self, name: str, array: np.ndarray) -> Value:
+        """A param whose value is known now (a weight or a folded constant)."""
+        array = np.ascontiguousarray(array)
+        value = Value(self.fresh_name(name), TensorType.of(array))
+        self.graph.params.append(value)
+        self.constants[value.name] = array
+        return value
+
+    def constant_of(self, value: Value) -> np.ndarray | None:
+        """The array behind value if it is known at compile time, else None."""
+        return self.constants.get(value.name)
+
+    def emit(
+        self, op: str, inputs: list[Value], attrs: dict[str, Any] | None = None, *,
+        name: str = "", out_names: list[str] | None = None, fold: bool = True,
+    ) -> list[Value]:
+        """Add `op(inputs)`; if every input is constant, evaluate it now and return constants."""
+        from ..ops import get_op
+
+        opdef = get_op(op)
+        attrs = dict(attrs or {})
+        where = f"node '{name}' ({op})" if name else f"op {op}"
+        try:
+            out_types = opdef.infer([v.type for v in inputs], attrs)
+        except KilnError as e:
+            raise type(e)(f"{where}: {e}") from e
+        except (ValueError, IndexError, KeyError, TypeError) as e:
+            raise ShapeError(f"{where}: {e}") from e
+        names = out_names or [f"{name or op}_out{i}" for i in range(len(out_types))]
+        arrays = [self.constants.get(v.name) for v in inputs]
+        if fold and all(a is not None for a in arrays):
+            results = opdef.reference(arrays, attrs)
+            for r, t in zip(results, out_types, strict=True):
+                if TensorType.of(np.asarray(r)) != t:
+                    raise ShapeError(f"{where}: folded to {TensorType.of(np.asarray(r))}, "
+                                     f"inferred {t}")
+            return [self.add_constant(n, np.asarray(r)) for n, r in zip(names, results)]
+        outputs = [Value(self.fresh_name(n), t) for n, t in zip(names, out_types, strict=True)]
+        node = Node(op, list(inputs), outputs, attrs, name)
+        for v in outputs:
+            v.producer = node
+        self.graph.nodes.append(node)
+        return outputs
+
+    def finish(self, outputs: list[Value], name: str = "default") -> Module:
+        """Close the graph with its outputs; return the module (params unbound) and keep data."""
+        self.graph.outputs = list(outputs)
+        return Module(self.graph, {}, name)

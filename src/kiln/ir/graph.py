@@ -1,0 +1,92 @@
+"""The IR: a typed dataflow graph of operator nodes over named tensor values."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ShapeError
+from .types import TensorType
+
+
+class Value:
+    """A tensor in the graph: a model input, a param (weight) or a node output."""
+
+    __slots__ = ("name", "type", "producer")
+
+    def __init__(self, name: str, type: TensorType, producer: Node | None = None) -> None:
+        self.name = name
+        self.type = type
+        self.producer = producer
+
+    def __repr__(self) -> str:
+        return f"%{self.name}: {self.type}"
+
+
+@dataclass(eq=False)
+class Node:
+    """One operator application: op name, input and output values, attributes."""
+
+    op: str
+    inputs: list[Value]
+    outputs: list[Value]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+
+
+@dataclass(eq=False)
+class Graph:
+    """A function from inputs (and params) to outputs; nodes are kept in topological order."""
+
+    inputs: list[Value] = field(default_factory=list)
+    params: list[Value] = field(default_factory=list)
+    nodes: list[Node] = field(default_factory=list)
+    outputs: list[Value] = field(default_factory=list)
+
+    def consumers(self) -> dict[Value, list[Node]]:
+        """Map each value to the nodes that read it (in graph order)."""
+        users: dict[Value, list[Node]] = {}
+        for node in self.nodes:
+            for v in node.inputs:
+                users.setdefault(v, []).append(node)
+        return users
+
+    def values(self) -> Iterator[Value]:
+        yield from self.inputs
+        yield from self.params
+        for node in self.nodes:
+            yield from node.outputs
+
+
+@dataclass(eq=False)
+class Module:
+    """A compilation unit: the main graph plus the param values bound to it (name -> array)."""
+
+    graph: Graph
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+    name: str = "default"
+
+    def bind(self, params: dict[str, np.ndarray] | None) -> Module:
+        """Return a module whose params are bound to arrays, checking names, shapes and dtypes."""
+        bound = dict(self.params)
+        known = {p.name: p for p in self.graph.params}
+        for name, array in (params or {}).items():
+            array = np.asarray(array)
+            if name not in known:
+                continue  # an unused weight (e.g. removed by the frontend) is not an error
+            want = known[name].type
+            if TensorType.of(array) != want:
+                raise ShapeError(f"param '{name}': got {TensorType.of(array)}, expected {want}")
+            bound[name] = array
+        missing = [p.name for p in self.graph.params if p.name not in bound]
+        if missing:
+            raise ShapeError(f"params without a value: {missing}")
+        return Module(self.graph, bound, self.name)
+
+    def __str__(self) -> str:
+        from .printer import print_module
+
+        return print_module(self)

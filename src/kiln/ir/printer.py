@@ -1,0 +1,43 @@
+"""The IR's text form: what a user reads to see what was compiled."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .graph import Module
+
+
+def _fmt_attr(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_fmt_attr(v) for v in value) + "]"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)
+
+
+def print_module(mod: Module) -> str:
+    """Render a module as text: inputs, params, one line per node, outputs."""
+    g = mod.graph
+    lines = [f"module @{mod.name} {{"]
+    for v in g.inputs:
+        lines.append(f"  input %{v.name}: {v.type}")
+    for v in g.params:
+        bound = "" if v.name in mod.params else "  (unbound)"
+        lines.append(f"  param %{v.name}: {v.type}  # {v.type.nbytes} bytes{bound}")
+    for node in g.nodes:
+        outs = ", ".join(f"%{v.name}" for v in node.outputs)
+        args = ", ".join(f"%{v.name}" for v in node.inputs)
+        attrs = ", ".join(f"{k}={_fmt_attr(a)}" for k, a in sorted(node.attrs.items()))
+        types = ", ".join(str(v.type) for v in node.outputs)
+        text = f"  {outs} = {node.op}({args})"
+        if attrs:
+            text += f" {{{attrs}}}"
+        text += f" : {types}"
+        if node.name:
+            text += f"  # {node.name}"
+        lines.append(text)
+    lines.append("  return " + ", ".join(f"%{v.name}" for v in g.outputs))
+    lines.append("}")
+    return "\n".join(lines)

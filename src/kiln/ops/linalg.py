@@ -1,0 +1,1 @@
+"""linalg ops: semantics (shape/dtype rules and NumPy references)."""

@@ -1,0 +1,1 @@
+"""movement ops: semantics (shape/dtype rules and NumPy references)."""

@@ -1,0 +1,1 @@
+"""nn ops: semantics (shape/dtype rules and NumPy references)."""

@@ -1,0 +1,1 @@
+"""reduce ops: semantics (shape/dtype rules and NumPy references)."""
