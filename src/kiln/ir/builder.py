@@ -78,7 +78,9 @@ class GraphBuilder:
         self.graph.nodes.append(node)
         return outputs
 
-    def finish(self, outputs: list[Value], name: str = "default") -> Module:
-        """Close the graph with its outputs; return the module (params unbound) and keep data."""
+    def finish(self, outputs: list[Value], output_names: list[str] | None = None,
+               name: str = "default") -> Module:
+        """Close the graph with its outputs; return the module (params unbound)."""
         self.graph.outputs = list(outputs)
+        self.graph.output_names = list(output_names or [v.name for v in outputs])
         return Module(self.graph, {}, name)

@@ -45,6 +45,8 @@ class Graph:
     params: list[Value] = field(default_factory=list)
     nodes: list[Node] = field(default_factory=list)
     outputs: list[Value] = field(default_factory=list)
+    # The names the outputs are known by (a graph output may be an input or a param value).
+    output_names: list[str] = field(default_factory=list)
 
     def consumers(self) -> dict[Value, list[Node]]:
         """Map each value to the nodes that read it (in graph order)."""
@@ -53,6 +55,12 @@ class Graph:
             for v in node.inputs:
                 users.setdefault(v, []).append(node)
         return users
+
+    def replace_uses(self, old: Value, new: Value) -> None:
+        """Make every reader of old (nodes and graph outputs) read new instead."""
+        for node in self.nodes:
+            node.inputs = [new if v is old else v for v in node.inputs]
+        self.outputs = [new if v is old else v for v in self.outputs]
 
     def values(self) -> Iterator[Value]:
         yield from self.inputs
@@ -85,6 +93,27 @@ class Module:
         if missing:
             raise ShapeError(f"params without a value: {missing}")
         return Module(self.graph, bound, self.name)
+
+    def copy(self) -> Module:
+        """A copy whose graph can be changed without touching this one (arrays are shared)."""
+        g = self.graph
+        new: dict[int, Value] = {}
+
+        def clone(v: Value) -> Value:
+            if id(v) not in new:
+                new[id(v)] = Value(v.name, v.type)
+            return new[id(v)]
+
+        graph = Graph([clone(v) for v in g.inputs], [clone(v) for v in g.params])
+        for node in g.nodes:
+            copy = Node(node.op, [clone(v) for v in node.inputs], [clone(v) for v in node.outputs],
+                        dict(node.attrs), node.name)
+            for v in copy.outputs:
+                v.producer = copy
+            graph.nodes.append(copy)
+        graph.outputs = [clone(v) for v in g.outputs]
+        graph.output_names = list(g.output_names)
+        return Module(graph, dict(self.params), self.name)
 
     def __str__(self) -> str:
         from .printer import print_module

@@ -38,6 +38,8 @@ def print_module(mod: Module) -> str:
         if node.name:
             text += f"  # {node.name}"
         lines.append(text)
-    lines.append("  return " + ", ".join(f"%{v.name}" for v in g.outputs))
+    outs = [f"%{v.name}" if v.name == n else f"%{v.name} as {n}"
+            for v, n in zip(g.outputs, g.output_names, strict=True)]
+    lines.append("  return " + ", ".join(outs))
     lines.append("}")
     return "\n".join(lines)

@@ -116,7 +116,7 @@ def from_onnx(
     missing = [o.name for o in graph.output if o.name not in env]
     if missing:
         raise ModelImportError(f"graph outputs {missing} are not produced by any node")
-    mod = builder.finish([env[o.name] for o in graph.output], name="default")
+    mod = builder.finish([env[o.name] for o in graph.output], [o.name for o in graph.output])
     eliminate_dead_code(mod)
     params = {p.name: builder.constants[p.name] for p in mod.graph.params}
     return mod, params

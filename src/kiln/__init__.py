@@ -1,0 +1,40 @@
+"""kiln: a deep-learning model compiler. ONNX in, one native library out.
+
+The runtime (load_module, GraphModule, devices) is imported eagerly and needs only NumPy;
+the compiler (build, frontend) is imported on first use.
+"""
+
+from ._version import __version__
+from .errors import (
+    CompatibilityError,
+    CompileError,
+    ExportError,
+    FormatError,
+    InputError,
+    KilnError,
+    ModelImportError,
+    ShapeError,
+    UnsupportedOpError,
+    VerificationError,
+)
+from .runtime import Device, GraphModule, Library, cpu, device, load_module
+
+_LAZY = {"build": ("kiln.compiler", "build"), "frontend": ("kiln.frontend", None),
+         "ir": ("kiln.ir", None), "from_onnx": ("kiln.frontend", "from_onnx")}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        mod = importlib.import_module(module)
+        return getattr(mod, attr) if attr else mod
+    raise AttributeError(f"module 'kiln' has no attribute '{name}'")
+
+
+__all__ = [
+    "CompatibilityError", "CompileError", "Device", "ExportError", "FormatError", "GraphModule",
+    "InputError", "KilnError", "Library", "ModelImportError", "ShapeError", "UnsupportedOpError",
+    "VerificationError", "__version__", "build", "cpu", "device", "from_onnx", "load_module",
+]

@@ -1,0 +1,103 @@
+"""The toolchain: C source -> object files (cached by content hash) -> one shared library.
+
+The object cache lives in $KILN_CACHE_DIR (default ~/.cache/kiln); its key covers the
+source, the compiler's identity and every flag, so a cached object is always the object
+the compiler would produce now.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ..errors import CompileError
+from .render import KernelSource
+from .target import Target
+
+
+def cache_dir() -> Path:
+    root = Path(os.environ.get("KILN_CACHE_DIR") or Path.home() / ".cache" / "kiln")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write data to path via a temp file in the same folder and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _compile_one(kernel: KernelSource, target: Target) -> bytes:
+    key = hashlib.sha256("\0".join([kernel.source, target.cc, target.compiler_id,
+                                    *target.cflags]).encode()).hexdigest()
+    cached = cache_dir() / "obj" / f"{key}.o"
+    if cached.exists():
+        return cached.read_bytes()
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="kiln-cc-") as tmp:
+        src, obj = Path(tmp) / "kernel.c", Path(tmp) / "kernel.o"
+        src.write_text(kernel.source)
+        cmd = [target.cc, *target.cflags, "-c", str(src), "-o", str(obj)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise CompileError(f"compiling kernel {kernel.name} failed ({' '.join(cmd)}):\n"
+                               f"{done.stderr.strip()[:4000]}")
+        data = obj.read_bytes()
+    atomic_write(cached, data)
+    return data
+
+
+def compile_kernels(kernels: Sequence[KernelSource], target: Target,
+                    *, progress: bool | None = None) -> dict[str, bytes]:
+    """Compile each distinct kernel to an object file (in parallel); name -> object bytes."""
+    unique = {k.name: k for k in kernels}
+    show = sys.stderr.isatty() if progress is None else progress
+    workers = max(1, min(len(unique), os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {name: pool.submit(_compile_one, k, target) for name, k in unique.items()}
+        if show and len(unique) > 4:
+            from rich.progress import Progress
+
+            with Progress(transient=True) as bar:
+                task = bar.add_task(f"compiling {len(unique)} kernels", total=len(unique))
+                for future in futures.values():
+                    future.result()
+                    bar.advance(task)
+        return {name: f.result() for name, f in futures.items()}
+
+
+def _blob_asm(blob_path: Path) -> str:
+    path = str(blob_path).replace("\\", "\\\\").replace('"', '\\"')
+    return (f'.section .kiln,"",@progbits\n.balign 64\n.incbin "{path}"\n'
+            '.section .note.GNU-stack,"",@progbits\n')
+
+
+def link_shared_library(objects: dict[str, bytes], blob: bytes, target: Target, out: Path) -> None:
+    """Link the kernel objects and the blob (as the non-loaded section .kiln) into out."""
+    with tempfile.TemporaryDirectory(prefix="kiln-link-") as tmp:
+        work = Path(tmp)
+        paths = []
+        for name in sorted(objects):
+            p = work / f"{name}.o"
+            p.write_bytes(objects[name])
+            paths.append(str(p))
+        (work / "blob.bin").write_bytes(blob)
+        (work / "blob.s").write_text(_blob_asm(work / "blob.bin"))
+        cmd = [target.cc, *target.cflags, "-shared", "-o", str(out), *paths, str(work / "blob.s"),
+               "-lm", "-Wl,-z,noexecstack"]
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
+        if done.returncode != 0:
+            raise CompileError(f"linking {out.name} failed ({' '.join(cmd)}):\n"
+                               f"{done.stderr.strip()[:4000]}")

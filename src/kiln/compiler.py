@@ -1,0 +1,83 @@
+"""kiln.build: a module in, a factory module (compiled kernels + graph + weights) out.
+
+    bind params -> optimize (passes/pipeline.py) -> fuse -> plan memory -> render C
+    -> compile (cached) -> FactoryModule, exported with export_library.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from .codegen.render import render_kernel
+from .codegen.target import Target, resolve_target
+from .codegen.toolchain import compile_kernels
+from .export.factory import CompiledModel, FactoryModule
+from .ir import Module, Value
+from .passes.fuse import fuse
+from .passes.memory_plan import MemoryPlan, plan_memory
+from .passes.pipeline import optimize
+
+
+def _location(v: Value, plan: MemoryPlan, params: set[str]) -> dict[str, Any]:
+    owner = plan.owner(v)
+    if owner.name in params and owner not in plan.offsets:
+        return {"param": owner.name}
+    return {"arena": plan.offsets[owner], "nbytes": v.type.nbytes}
+
+
+def _tensor(name: str, v: Value, plan: MemoryPlan, params: set[str]) -> dict[str, Any]:
+    return {"name": name, "shape": list(v.type.shape), "dtype": v.type.dtype,
+            "loc": _location(v, plan, params)}
+
+
+def compile_model(mod: Module, target: Target, *, progress: bool | None = None) -> CompiledModel:
+    """Optimize, fuse, plan and compile one bound module."""
+    mod = optimize(mod, check=bool(os.environ.get("KILN_VERIFY")))
+    groups = fuse(mod)
+    plan = plan_memory(mod, groups)
+    kernels = [render_kernel(g) for g in groups]
+    objects = compile_kernels(kernels, target, progress=progress)
+    params = {p.name for p in mod.graph.params}
+    spec = {
+        "executor": "graph",
+        "inputs": [_tensor(v.name, v, plan, params) for v in mod.graph.inputs],
+        "outputs": [_tensor(n, v, plan, params)
+                    for n, v in zip(mod.graph.output_names, mod.graph.outputs, strict=True)],
+        "arena_bytes": plan.arena_bytes,
+        "memory": {
+            "peak_bytes": plan.arena_bytes,
+            "unplanned_bytes": plan.unplanned_bytes,
+            "buffers": [{"tensor": b.value.name, "offset": b.offset, "size": b.size,
+                         "first": b.first, "last": b.last} for b in plan.buffers],
+        },
+        "kernels": [
+            {"func": k.name, "label": g.label, "node": g.anchor.name,
+             "shapes": [list(v.type.shape) for v in g.outputs],
+             "args": [_location(v, plan, params) for v in [*g.inputs, *g.outputs]]}
+            for g, k in zip(groups, kernels, strict=True)
+        ],
+        "ir": str(mod),
+    }
+    weights = {p.name: np.ascontiguousarray(mod.params[p.name]) for p in mod.graph.params}
+    return CompiledModel(mod.name, spec, weights, {k.name: objects[k.name] for k in kernels})
+
+
+def build(
+    mod: Module | dict[str, Module],
+    *,
+    target: str | dict[str, Any] | None = None,
+    params: dict[str, np.ndarray] | None = None,
+    progress: bool | None = None,
+) -> FactoryModule:
+    """Compile a module (or {name: module}) for target; params binds the weights by name."""
+    tgt = resolve_target(target)
+    mods = mod if isinstance(mod, dict) else {"default": mod}
+    compiled = {}
+    for name, m in mods.items():
+        bound = m.bind(params)
+        bound.name = name
+        compiled[name] = compile_model(bound, tgt, progress=progress)
+    return FactoryModule(compiled, tgt)
