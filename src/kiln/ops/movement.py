@@ -152,7 +152,7 @@ def _gather_elements_infer(types: list[TensorType], attrs: Attrs) -> list[Tensor
     if data.rank != idx.rank or not 0 <= axis < data.rank:
         raise ShapeError(f"gather_elements needs data and indices of one rank and an axis "
                          f"in it, got {data}, {idx}, axis {axis}")
-    if any(i > d for k, (i, d) in enumerate(zip(idx.shape, data.shape)) if k != axis):
+    if any(i > d for k, (i, d) in enumerate(zip(idx.shape, data.shape, strict=True)) if k != axis):
         raise ShapeError(f"indices {idx} exceed data {data} outside axis {axis}")
     if data.shape[axis] == 0 and idx.numel:
         raise ShapeError(f"cannot gather from empty axis {axis} of {data}")

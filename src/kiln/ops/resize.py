@@ -12,6 +12,7 @@ NumPy reference applies them here and the C kernel bakes them into tables.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,31 +77,31 @@ def _nearest_coeffs(ratio: float, scale: float, attrs: Attrs) -> list[float]:
 def _cubic(x: float, a: float) -> float:
     x = abs(x)
     if x <= 1:
-        return ((a + 2) * x - (a + 3)) * x * x + 1
+        return (a + 2) * x**3 - (a + 3) * x**2 + 1
     if x < 2:
-        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+        return a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a
     return 0.0
+
+
+def _filter_coeffs(kernel: Callable[[float], float], radius: int, ratio: float, scale: float,
+                   antialias: bool) -> list[float]:
+    """Weights of a filter around ratio; antialias stretches it by 1/scale when shrinking."""
+    s = min(scale, 1.0) if antialias else 1.0
+    start = int(np.floor(-radius / s) + 1)
+    coeffs = [kernel(s * (i - ratio)) for i in range(start, 2 - start)]
+    if not antialias:
+        return coeffs
+    total = sum(coeffs)
+    return [c / total for c in coeffs]
 
 
 def _cubic_coeffs(ratio: float, scale: float, attrs: Attrs) -> list[float]:
     a = attrs["cubic_coeff_a"]
-    if not attrs["antialias"]:
-        return [_cubic(ratio + 1, a), _cubic(ratio, a), _cubic(1 - ratio, a),
-                _cubic(2 - ratio, a)]
-    scale = min(scale, 1.0)  # the filter stretches by 1/scale when downsampling
-    start = int(np.floor(-2 / scale) + 1)
-    coeffs = [_cubic(scale * (i - ratio), a) for i in range(start, 2 - start)]
-    return [c / sum(coeffs) for c in coeffs]
+    return _filter_coeffs(lambda x: _cubic(x, a), 2, ratio, scale, attrs["antialias"])
 
 
 def _linear_coeffs(ratio: float, scale: float, attrs: Attrs) -> list[float]:
-    if not attrs["antialias"]:
-        return [1 - ratio, ratio]
-    scale = min(scale, 1.0)
-    start = int(np.floor(-1 / scale) + 1)
-    args = (np.arange(start, 2 - start) - ratio) * scale
-    coeffs = np.clip(1 - np.abs(args), 0, 1)
-    return list(coeffs / sum(coeffs))
+    return _filter_coeffs(lambda x: max(0.0, 1 - abs(x)), 1, ratio, scale, attrs["antialias"])
 
 
 _COEFFS = {"nearest": _nearest_coeffs, "linear": _linear_coeffs, "cubic": _cubic_coeffs}
@@ -108,13 +109,15 @@ _COEFFS = {"nearest": _nearest_coeffs, "linear": _linear_coeffs, "cubic": _cubic
 
 def _neighbors(x: np.ndarray, n: int) -> np.ndarray:
     """The n source indices nearest each x (ties to the smaller), possibly out of range."""
-    p = np.floor(x).astype(np.int64)
-    frac = x - p
+    pad = (n + 1) // 2  # ONNX's reference rounds x shifted into an edge-padded axis
+    shifted = x + pad
+    p = np.floor(shifted).astype(np.int64)
+    frac = shifted - p
     if n % 2 == 0:  # window centred between two indices
         start = p - n // 2 + np.where(frac == 0, 0, 1)
     else:
         start = p - (n - 1) // 2 + np.where(frac <= 0.5, 0, 1)
-    return start[:, None] + np.arange(n)[None, :]
+    return start[:, None] + np.arange(n)[None, :] - pad
 
 
 def is_identity_axis(axis: int, n_in: int, attrs: Attrs) -> bool:

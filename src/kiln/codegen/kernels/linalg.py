@@ -1,1 +1,176 @@
-"""C kernels of the linalg ops (semantics: kiln/ops/linalg.py)."""
+"""C kernels of the linalg ops (semantics: kiln/ops/linalg.py).
+
+matmul and gemm share one renderer: for each batch and each block of NB output columns,
+MR output rows accumulate in a local array with the k loop outside the contiguous j loop
+(so gcc vectorizes j), then each element is stored once, through the epilogue.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ...ops.linalg import gemm_dims, matmul_dims
+from .registry import KernelContext, broadcast_index, is_float, kernel, lit
+
+MR = 8  # output rows per block
+PANEL_BYTES = 256 * 1024  # the k x NB panel of B a column block reuses across row blocks
+NB_MAX = 256  # widest column block (the accumulator is MR x NB elements)
+
+
+def acc_type(dtype: str, c_type: str) -> str:
+    """C accumulator type: the element type for floats, uint64_t (wrapping) for integers."""
+    return c_type if is_float(dtype) else "uint64_t"
+
+
+@dataclass(frozen=True)
+class _Product:
+    """out[b] = op(A[b]) @ op(B[b]) for b < batch, op transposing a (k x m) / (n x k) operand."""
+
+    batch: int
+    m: int
+    k: int
+    n: int
+    a_offset: str  # C expression: element offset of A's matrix for output batch `b`
+    b_offset: str
+    trans_a: bool = False
+    trans_b: bool = False
+
+
+def _column_block(p: _Product, itemsize: int) -> int:
+    """Block width: the B panel (k x NB) fits in L2, at least 16 wide, at most NB_MAX."""
+    width = PANEL_BYTES // (itemsize * max(p.k, 1))
+    width = max(16, min(NB_MAX, width - width % 16))
+    return min(width, p.n)
+
+
+def _block(ctx: KernelContext, p: _Product, nb: int, value: Callable[[str], str]) -> str:
+    """C for the output columns j0 .. j0 + nb of one batch, MR rows at a time."""
+    acc = acc_type(ctx.in_types[0].dtype, ctx.t(0))
+    a_elem = f"pa[k * {p.m} + i0 + r]" if p.trans_a else f"pa[(i0 + r) * {p.k} + k]"
+    b_elem = f"pb[(j0 + j) * {p.k} + k]" if p.trans_b else f"pb[k * {p.n} + j0 + j]"
+    rows = min(MR, p.m)
+    store = ctx.store("o", value("acc[r][j]"))
+    return f"""for (int64_t i0 = 0; i0 < {p.m}; i0 += {rows}) {{
+    const int64_t mr = {p.m} - i0 < {rows} ? {p.m} - i0 : {rows};
+    {acc} acc[{rows}][{nb}];
+    for (int64_t r = 0; r < {rows}; ++r)
+        for (int64_t j = 0; j < {nb}; ++j) acc[r][j] = 0;
+    for (int64_t k = 0; k < {p.k}; ++k) {{
+        for (int64_t r = 0; r < mr; ++r) {{
+            const {acc} av = ({acc}){a_elem};
+            for (int64_t j = 0; j < {nb}; ++j) acc[r][j] += av * ({acc}){b_elem};
+        }}
+    }}
+    for (int64_t r = 0; r < mr; ++r) {{
+        for (int64_t j = 0; j < {nb}; ++j) {{
+            const int64_t o = ob + (i0 + r) * {p.n} + j0 + j;
+            {store}
+        }}
+    }}
+}}"""
+
+
+def render_product(ctx: KernelContext, p: _Product, value: Callable[[str], str]) -> str:
+    """The kernel body of a batched product; value maps the accumulator to the stored value."""
+    if p.batch * p.m * p.n == 0:
+        return "/* empty output */"
+    nb = _column_block(p, ctx.in_types[0].itemsize)
+    full, tail = p.n - p.n % nb, p.n % nb
+    body = [f"const {ctx.t(0)}* restrict pa = {ctx.ins[0]} + {p.a_offset};",
+            f"const {ctx.t(1)}* restrict pb = {ctx.ins[1]} + {p.b_offset};",
+            f"const int64_t ob = b * {p.m * p.n};",
+            f"for (int64_t j0 = 0; j0 < {full}; j0 += {nb}) {{\n"
+            f"{_indent(_block(ctx, p, nb, value))}\n}}"]
+    if tail:
+        body.append(f"{{\n    const int64_t j0 = {full};\n"
+                    f"{_indent(_block(ctx, p, tail, value))}\n}}")
+    return f"for (int64_t b = 0; b < {p.batch}; ++b) {{\n{_indent(chr(10).join(body))}\n}}"
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line if line else line for line in text.split("\n"))
+
+
+@kernel("matmul")
+def _matmul(ctx: KernelContext) -> str:
+    d = matmul_dims(ctx.in_types[0].shape, ctx.in_types[1].shape)
+    a_off = broadcast_index(d.a_batch, d.batch, "b")
+    b_off = broadcast_index(d.b_batch, d.batch, "b")
+    p = _Product(batch=math.prod(d.batch), m=d.m, k=d.k, n=d.n,
+                 a_offset=f"({a_off}) * {d.m * d.k}", b_offset=f"({b_off}) * {d.k * d.n}")
+    t = ctx.ot(0)
+    return render_product(ctx, p, lambda acc: f"({t}){acc}")
+
+
+@kernel("gemm")
+def _gemm(ctx: KernelContext) -> str:
+    m, k, n = gemm_dims(ctx.in_types[0].shape, ctx.in_types[1].shape, ctx.attrs)
+    p = _Product(batch=1, m=m, k=k, n=n, a_offset="0", b_offset="0",
+                 trans_a=bool(ctx.attrs["trans_a"]), trans_b=bool(ctx.attrs["trans_b"]))
+    dtype, t = ctx.out_types[0].dtype, ctx.ot(0)
+    acc = acc_type(dtype, t)
+    alpha, beta = ctx.attrs["alpha"], ctx.attrs["beta"]
+
+    def value(a: str) -> str:
+        v = a if alpha == 1 else f"({acc}){lit(alpha, dtype)} * {a}"
+        if len(ctx.ins) == 3:
+            c = f"{ctx.ins[2]}[{broadcast_index(ctx.in_types[2].shape, (m, n), 'o')}]"
+            v = f"{v} + ({acc}){lit(beta, dtype)} * ({acc}){c}"
+        return f"({t})({v})"
+
+    return render_product(ctx, p, value)
+
+
+@kernel("cumsum")
+def _cumsum(ctx: KernelContext) -> str:
+    x = ctx.in_types[0]
+    axis = ctx.attrs["axis"]
+    outer, n, inner = math.prod(x.shape[:axis]), x.shape[axis], math.prod(x.shape[axis + 1:])
+    if x.numel == 0:
+        return "/* empty output */"
+    t, acc = ctx.t(0), acc_type(x.dtype, ctx.t(0))
+    cb = min(inner, 1024)
+    step = f"{n} - 1 - s" if ctx.attrs["reverse"] else "s"
+    store = ctx.store("i", f"({t})acc[c]")
+    update = f"{store}\n            acc[c] += v;" if ctx.attrs["exclusive"] else \
+        f"acc[c] += v;\n            {store}"
+    return f"""for (int64_t q = 0; q < {outer}; ++q) {{
+    for (int64_t c0 = 0; c0 < {inner}; c0 += {cb}) {{
+        const int64_t cn = {inner} - c0 < {cb} ? {inner} - c0 : {cb};
+        {acc} acc[{cb}];
+        for (int64_t c = 0; c < {cb}; ++c) acc[c] = 0;
+        for (int64_t s = 0; s < {n}; ++s) {{
+            const int64_t base = (q * {n} + ({step})) * {inner} + c0;
+            for (int64_t c = 0; c < cn; ++c) {{
+                const int64_t i = base + c;
+                const {acc} v = ({acc}){ctx.ins[0]}[i];
+                {update}
+            }}
+        }}
+    }}
+}}"""
+
+
+@kernel("trilu")
+def _trilu(ctx: KernelContext) -> str:
+    x = ctx.in_types[0]
+    rows, cols = x.shape[-2:]
+    if x.numel == 0:
+        return "/* empty output */"
+    k = max(-rows, min(cols, ctx.attrs["k"]))  # beyond these bounds nothing changes
+    # Row i keeps columns j >= i + k (upper) or j <= i + k (lower): j < edge vs j >= edge.
+    edge = f"i + {k}" if ctx.attrs["upper"] else f"i + {k + 1}"
+    zero = lit(0, x.dtype)
+    below, above = (zero, "x[j]") if ctx.attrs["upper"] else ("x[j]", zero)
+    return f"""for (int64_t m = 0; m < {x.numel // (rows * cols)}; ++m) {{
+    for (int64_t i = 0; i < {rows}; ++i) {{
+        const int64_t row = (m * {rows} + i) * {cols};
+        const {ctx.t(0)}* restrict x = {ctx.ins[0]} + row;
+        int64_t edge = {edge};
+        edge = edge < 0 ? 0 : (edge > {cols} ? {cols} : edge);
+        for (int64_t j = 0; j < edge; ++j) {ctx.store("row + j", below)}
+        for (int64_t j = edge; j < {cols}; ++j) {ctx.store("row + j", above)}
+    }}
+}}"""

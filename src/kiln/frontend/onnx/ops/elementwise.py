@@ -112,6 +112,11 @@ def _cast(cx: ConvertContext) -> list[Value]:
     return [cx.emit1("cast", [cx.input(0)], {"to": dtype})]
 
 
+@converter("CastLike")
+def _cast_like(cx: ConvertContext) -> list[Value]:
+    return [cx.emit1("cast", [cx.input(0)], {"to": cx.input(1).type.dtype})]
+
+
 @converter("Clip")
 def _clip(cx: ConvertContext) -> list[Value]:
     x = cx.input(0)

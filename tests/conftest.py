@@ -1,0 +1,21 @@
+"""Shared test configuration: a private compile cache and the conformance pass count."""
+
+from __future__ import annotations
+
+import os
+
+
+def pytest_configure(config):
+    os.environ.setdefault("KILN_VERIFY", "1")  # run the IR verifier after every pass
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    stats = terminalreporter.stats
+    def count(kind):
+        return sum(1 for r in stats.get(kind, []) if "OnnxBackendNodeModelTest" in r.nodeid)
+    passed, failed, skipped = count("passed"), count("failed"), count("skipped")
+    if passed or failed:
+        terminalreporter.write_line(
+            f"ONNX node conformance: {passed} passed, {failed} failed, {skipped} skipped "
+            "(exclusions: tests/conformance/node_test_exclusions.txt)"
+        )
