@@ -169,6 +169,8 @@ def _check_attrs(x: TensorType, attrs: Attrs) -> None:
             raise UnsupportedOpError(f"resize {key} '{attrs[key]}' is not supported; "
                                      f"expected one of {list(known)}")
     rank = x.rank
+    if rank == 0:
+        raise ShapeError(f"resize needs a tensor of rank >= 1, got {x}")
     for key, n in (("sizes", rank), ("scales", rank), ("roi", 2 * rank)):
         if len(attrs[key]) != n:
             raise ShapeError(f"resize of rank-{rank} {x} needs {n} {key}, "

@@ -1,0 +1,194 @@
+"""The `kiln` command line: compile, run and inspect libraries."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import click
+import numpy as np
+
+from .errors import KilnError
+
+
+def _parse_shape(spec: str) -> tuple[str, tuple[int, ...]]:
+    name, sep, dims = spec.rpartition(":")
+    try:
+        if not sep or not name:
+            raise ValueError
+        return name, tuple(int(d) for d in dims.lower().split("x")) if dims else ()
+    except ValueError:
+        raise click.BadParameter(f"'{spec}': expected NAME:DIMxDIM..., e.g. x:1x3x224x224") \
+            from None
+
+
+def _size(n: int) -> str:
+    """Bytes for people: 812 B, 1.5 KiB, 23.4 MiB."""
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024 or unit == "MiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def _fail(e: KilnError) -> None:
+    click.echo(f"error: {e}", err=True)
+    sys.exit(1)
+
+
+@click.group()
+@click.version_option(package_name="kiln-ml")
+def main() -> None:
+    """kiln: compile ONNX models to one native library; run and inspect them."""
+
+
+@main.command("compile")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.option("--input", "-i", "inputs", multiple=True, metavar="NAME:SHAPE",
+              help="fix an input's shape, e.g. x:1x3x224x224 (repeatable)")
+@click.option("--dtype", "dtypes", multiple=True, metavar="NAME:DTYPE",
+              help="override an input's dtype, e.g. ids:int32 (repeatable)")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+              help="library to write (.so)")
+@click.option("--mcpu", help="CPU to compile for (default: this machine)")
+@click.option("--cc", help="C compiler (default: $CC or cc)")
+@click.option("--print-ir", is_flag=True, help="print the optimized IR")
+def compile_cmd(model, inputs, dtypes, output, mcpu, cc, print_ir) -> None:
+    """Compile an ONNX MODEL into one native library."""
+    from .compiler import build
+    from .frontend import from_onnx
+
+    shapes = dict(_parse_shape(s) for s in inputs)
+    dtype_map = dict(d.rsplit(":", 1) for d in dtypes)
+    target = {"kind": "c", **({"mcpu": mcpu} if mcpu else {}), **({"cc": cc} if cc else {})}
+    try:
+        start = time.perf_counter()
+        mod, params = from_onnx(model, shapes=shapes, dtypes=dtype_map)
+        lib = build(mod, params=params, target=target)
+        path = lib.export_library(output)
+    except KilnError as e:
+        _fail(e)
+    if print_ir:
+        click.echo(lib.ir())
+    spec = lib.compiled["default"].spec
+    click.echo(f"wrote {path}: {len(spec['kernels'])} kernels, "
+               f"{_size(Path(path).stat().st_size)}, "
+               f"{time.perf_counter() - start:.2f} s")
+
+
+def _load_inputs(specs, gmod, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise click.BadParameter(f"'{spec}': expected NAME=FILE.npy")
+        feeds[name] = np.load(path)
+    for name, (shape, dtype) in gmod.input_info.items():
+        if name in feeds:
+            continue
+        if np.dtype(dtype).kind == "f":
+            feeds[name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[name] = rng.integers(0, 2, shape).astype(dtype)
+    return feeds
+
+
+@main.command("run")
+@click.argument("library", type=click.Path(exists=True))
+@click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=FILE.npy",
+              help="input from a .npy file; inputs not given are random (repeatable)")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="write outputs to .npz")
+@click.option("--model", default="default", show_default=True, help="model in the library")
+@click.option("--seed", default=0, show_default=True, help="seed of the random inputs")
+@click.option("--repeat", default=1, show_default=True, help="runs to time")
+def run_cmd(library, inputs, output, model, seed, repeat) -> None:
+    """Run a model of LIBRARY on the CPU."""
+    from .runtime import GraphModule, cpu, load_module
+
+    try:
+        gmod = GraphModule(load_module(library)[model](cpu(0)))
+        gmod.set_input(**_load_inputs(inputs, gmod, seed))
+        times = []
+        for _ in range(max(1, repeat)):
+            start = time.perf_counter()
+            gmod.run()
+            times.append(time.perf_counter() - start)
+    except KilnError as e:
+        _fail(e)
+    outputs = {n: gmod.get_output(i) for i, n in enumerate(gmod.output_names)}
+    for name, value in outputs.items():
+        click.echo(f"{name}: {value.dtype}{list(value.shape)} "
+                   f"min {value.min():.6g} max {value.max():.6g} mean {value.mean():.6g}"
+                   if value.size and value.dtype.kind in "fiub" else f"{name}: {value!r}")
+    click.echo(f"run: {min(times) * 1e3:.3f} ms (best of {len(times)})")
+    if output:
+        np.savez(output, **outputs)
+        click.echo(f"wrote {output}")
+
+
+def library_summary(lib) -> dict:
+    """What `kiln inspect` reports, as plain data."""
+    m = lib.manifest
+    models = {}
+    for name in lib.models:
+        spec = m["models"][name]
+        regions = m["weights"]
+        models[name] = {
+            "executor": spec["executor"],
+            "inputs": [{k: e[k] for k in ("name", "shape", "dtype")} for e in spec["inputs"]],
+            "outputs": [{k: e[k] for k in ("name", "shape", "dtype")} for e in spec["outputs"]],
+            "kernels": len(spec["kernels"]),
+            "ops": dict(Counter(k["label"] for k in spec["kernels"]).most_common()),
+            "params": len(spec["params"]),
+            "param_bytes": sum(regions[p["weight"]]["nbytes"] for p in spec["params"]),
+            "memory_peak_bytes": spec["memory"]["peak_bytes"],
+            "memory_unplanned_bytes": spec["memory"]["unplanned_bytes"],
+        }
+    return {"path": lib.path, "kiln_version": m["kiln_version"],
+            "format_version": f"{lib.blob.major}.{lib.blob.minor}", "target": m["target"],
+            "weights_stored_bytes": sum(r["nbytes"] for r in m["weights"]), "models": models}
+
+
+@main.command("inspect")
+@click.argument("library", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def inspect_cmd(library, as_json) -> None:
+    """Show what LIBRARY holds: models, inputs/outputs, ops, weights, memory plan."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .runtime import load_module
+
+    try:
+        info = library_summary(load_module(library))
+    except KilnError as e:
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    console = Console()
+    t = info["target"]
+    console.print(f"[bold]{info['path']}[/]  kiln {info['kiln_version']}, format "
+                  f"{info['format_version']}, {t['triple']} ({', '.join(t['features']) or '-'})")
+    for name, m in info["models"].items():
+        console.print(f"\n[bold]model {name}[/] ({m['executor']} executor): {m['kernels']} "
+                      f"kernels, {m['params']} params ({_size(m['param_bytes'])}), memory "
+                      f"plan peak {_size(m['memory_peak_bytes'])} "
+                      f"(without reuse {_size(m['memory_unplanned_bytes'])})")
+        table = Table("", "name", "shape", "dtype")
+        for kind in ("inputs", "outputs"):
+            for e in m[kind]:
+                table.add_row(kind[:-1], e["name"], "x".join(map(str, e["shape"])), e["dtype"])
+        console.print(table)
+        ops = Table("kernel (fused ops)", "count")
+        for label, n in m["ops"].items():
+            ops.add_row(label, str(n))
+        console.print(ops)
+
+
+if __name__ == "__main__":
+    main()
