@@ -234,12 +234,10 @@ def _pool_windows(x: np.ndarray, attrs: Attrs, fill: float | int) -> tuple[list,
         extra = max(0, need - (p[i] + x.shape[2 + i] + p[nd + i]))
         widths.append((p[i], p[nd + i], extra))
     xp = _pad_spatial(x, [(b, e + extra) for b, e, extra in widths], fill)
-    if attrs.get("count_include_pad"):  # mark the ceil_mode overhang as not counted
-        ones = _pad_spatial(np.ones((1, 1) + x.shape[2:], x.dtype), [(b, e) for b, e, _ in widths], 1)
-        mask = _pad_spatial(ones, [(0, extra) for _, _, extra in widths], 0)
-    else:
-        mask = _pad_spatial(np.ones((1, 1) + x.shape[2:], x.dtype),
-                            [(b, e + extra) for b, e, extra in widths], 0)
+    # Count mask: 1 where a value counts in an average (the ceil_mode overhang never does).
+    ones = np.ones((1, 1) + x.shape[2:], x.dtype)
+    mask = _pad_spatial(ones, [(b, e) for b, e, _ in widths], int(attrs["count_include_pad"]))
+    mask = _pad_spatial(mask, [(0, extra) for _, _, extra in widths], 0)
     offsets = itertools.product(*map(range, kernel))
     return [(xp[s], mask[s]) for s in (_window_slices(k, out, attrs) for k in offsets)], out
 
@@ -269,8 +267,8 @@ def _max_pool_argmax_ref(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarra
     flat = np.arange(math.prod(spatial), dtype=np.int64).reshape(spatial)
     if attrs["storage_order"]:
         flat = np.arange(math.prod(spatial), dtype=np.int64).reshape(spatial[::-1]).T
-    base = (np.arange(n * c, dtype=np.int64) * math.prod(spatial)).reshape((n, c) + (1,) * len(spatial))
-    index = np.broadcast_to(flat, x.shape) + base
+    planes = np.arange(n * c, dtype=np.int64) * math.prod(spatial)
+    index = flat + planes.reshape((n, c) + (1,) * len(spatial))
     blocks, _ = _pool_windows(x, attrs, _lowest(x.dtype))
     iblocks, _ = _pool_windows(index, attrs, -1)
     best, arg = blocks[0][0], iblocks[0][0]

@@ -10,7 +10,7 @@ import numpy as np
 
 from ....errors import ShapeError, UnsupportedOpError
 from ....ir import Value
-from ...onnx.registry import ConvertContext, converter
+from ..registry import ConvertContext, converter
 
 _AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 
@@ -165,10 +165,10 @@ def _lrn(cx: ConvertContext) -> list[Value]:
 
 @converter("BatchNormalization")
 def _batch_norm(cx: ConvertContext) -> list[Value | None]:
-    if cx.attr("training_mode", 0) or (cx.opset < 7 and not cx.attr("is_test", 0)):
+    if cx.attr("training_mode", 0):
         raise UnsupportedOpError(f"{cx.where()}: training mode is not supported (kiln "
                                  "compiles inference only)")
-    if not cx.attr("spatial", 1):
+    if not cx.attr("spatial", 1) and cx.input(0).type.rank > 2:
         raise UnsupportedOpError(f"{cx.where()}: spatial=0 (per-element statistics) is not "
                                  "supported")
     inputs = [cx.input(i) for i in range(5)]
@@ -192,11 +192,12 @@ def _layer_norm(cx: ConvertContext) -> list[Value]:
     attrs = {"axis": axis % x.type.rank, "epsilon": float(cx.attr("epsilon", 1e-5))}
     inputs = [x, cx.input(1)] + ([cx.input(2)] if cx.has_input(2) else [])
     outputs = [cx.emit1("layer_norm", inputs, attrs)]
-    if any(cx.node.output[1:]):
-        names = [o or f"{cx.name}_unused{k}" for k, o in enumerate(cx.node.output[1:3])]
-        names += [f"{cx.name}_invstd"] * (2 - len(names))
-        outputs += cx.builder.emit("layer_norm_stats", [x], attrs, name=cx.name,
-                                   out_names=names)
+    if any(cx.node.output[1:]):  # Mean and InvStdDev
+        names = [f"{cx.name}_mean", f"{cx.name}_invstd"]
+        for k, name in enumerate(cx.node.output[1:3]):
+            names[k] = name or names[k]
+        outputs += cx.builder.emit("layer_norm_stats", [x], {"axis": attrs["axis"],
+                                   "epsilon": attrs["epsilon"]}, name=cx.name, out_names=names)
     return outputs
 
 
@@ -209,26 +210,28 @@ def _group_norm(cx: ConvertContext) -> list[Value]:
     if groups < 1 or c % groups:
         raise ShapeError(f"{cx.where()}: num_groups {groups} must divide the {c} channels of "
                          f"input {x.type}")
-    grouped = cx.builder.emit("reshape", [x], {"shape": (n, groups, x.type.numel // n // groups)})
+    emit = cx.builder.emit
+    grouped = emit("reshape", [x], {"shape": (n, groups, x.type.numel // n // groups)})[0]
     eps = {"epsilon": float(cx.attr("epsilon", 1e-5))}
     if cx.opset < 21:  # opset 18: scale and bias per group
-        y = cx.emit1("instance_norm", [grouped[0], scale, bias], eps)
+        y = emit("instance_norm", [grouped, scale, bias], eps, name=cx.name)[0]
         return [cx.emit1("reshape", [y], {"shape": x.type.shape})]
-    dtype = x.type.dtype
-    ones = cx.constant(np.ones(groups, dtype), "ones")
-    zeros = cx.constant(np.zeros(groups, dtype), "zeros")
-    y = cx.builder.emit("instance_norm", [grouped[0], ones, zeros], eps, name=cx.name)[0]
-    y = cx.builder.emit("reshape", [y], {"shape": x.type.shape})[0]
+    ones = cx.constant(np.ones(groups, x.type.dtype), "ones")
+    zeros = cx.constant(np.zeros(groups, x.type.dtype), "zeros")
+    y = emit("instance_norm", [grouped, ones, zeros], eps, name=cx.name)[0]
+    y = emit("reshape", [y], {"shape": x.type.shape})[0]
     per_channel = {"shape": (c,) + (1,) * (x.type.rank - 2)}
-    scale = cx.builder.emit("reshape", [scale], per_channel)[0]
-    bias = cx.builder.emit("reshape", [bias], per_channel)[0]
-    y = cx.builder.emit("mul", [y, scale], name=cx.name)[0]
+    y = emit("mul", [y, emit("reshape", [scale], per_channel)[0]], name=cx.name)[0]
+    bias = emit("reshape", [bias], per_channel)[0]
     return [cx.emit1("add", [y, bias])]
 
 
 @converter("MeanVarianceNormalization")
 def _mvn(cx: ConvertContext) -> list[Value]:
     x = cx.input(0)
+    if cx.opset < 9:
+        raise UnsupportedOpError(f"{cx.where()}: MeanVarianceNormalization before opset 9 "
+                                 "(across_channels, normalize_variance) is not supported")
     axes = cx.attr("axes", [0, 2, 3])
     rank = x.type.rank
     if any(not -rank <= a < rank for a in axes):
