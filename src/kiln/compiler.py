@@ -61,7 +61,7 @@ def compile_model(mod: Module, target: Target, *, progress: bool | None = None) 
         ],
         "ir": str(mod),
     }
-    weights = {p.name: np.ascontiguousarray(mod.params[p.name]) for p in mod.graph.params}
+    weights = {p.name: np.asarray(mod.params[p.name], order="C") for p in mod.graph.params}
     return CompiledModel(mod.name, spec, weights, {k.name: objects[k.name] for k in kernels})
 
 

@@ -11,10 +11,6 @@ import kiln
 from kiln.errors import ShapeError, UnsupportedOpError
 from tests.util import check_against_ort, ort_run
 
-_TYPES = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE,
-          "uint8": TensorProto.UINT8, "int8": TensorProto.INT8, "int32": TensorProto.INT32,
-          "int64": TensorProto.INT64}
-
 
 def _model(op: str, x: np.ndarray, consts: dict[str, np.ndarray | None], opset: int,
            *, x_const: bool = False, **attrs) -> onnx.ModelProto:
@@ -23,13 +19,13 @@ def _model(op: str, x: np.ndarray, consts: dict[str, np.ndarray | None], opset: 
     while names[-1] == "":
         names.pop()
     inits = [numpy_helper.from_array(v, n) for n, v in consts.items() if v is not None]
-    inputs = [helper.make_tensor_value_info("x", _TYPES[x.dtype.name], x.shape)]
+    inputs = [helper.make_tensor_value_info("x", helper.np_dtype_to_tensor_dtype(x.dtype), x.shape)]
     if x_const:
         inits.append(numpy_helper.from_array(x, "x"))
         inputs = []
     graph = helper.make_graph(
         [helper.make_node(op, names, ["y"], **attrs)], "g", inputs,
-        [helper.make_tensor_value_info("y", _TYPES[x.dtype.name], None)], inits)
+        [helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(x.dtype), None)], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                              ir_version=8)
 
@@ -47,3 +43,189 @@ def _data(shape, dtype="float32", seed=0) -> np.ndarray:
         return rng.standard_normal(shape).astype(dtype)
     info = np.iinfo(dtype)
     return rng.integers(max(info.min, -100), min(info.max, 200), shape).astype(dtype)
+
+
+def _reference_run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """ONNX's reference evaluator: the oracle where onnxruntime lacks a kernel."""
+    from onnx.reference import ReferenceEvaluator
+
+    return ReferenceEvaluator(model).run(None, {"x": x})[0]
+
+
+X = _data((1, 2, 5, 7))
+# (name, model): float32 cases onnxruntime supports, compared at 1e-5.
+ORT_CASES = [
+    ("nearest_x2_yolo", _resize(X, scales=[1, 1, 2, 2], opset=13, mode="nearest",
+                                coordinate_transformation_mode="asymmetric",
+                                nearest_mode="floor")),
+    ("nearest_default", _resize(X, scales=[1, 1, 1.7, 0.6], mode="nearest")),
+    *[(f"nearest_{nm}_{cm}", _resize(X, sizes=[1, 2, 8, 4], mode="nearest", nearest_mode=nm,
+                                     coordinate_transformation_mode=cm))
+      for nm in ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
+      for cm in ("half_pixel", "asymmetric", "align_corners", "pytorch_half_pixel")],
+    *[(f"linear_{cm}_{kind}", _resize(X, mode="linear", coordinate_transformation_mode=cm,
+                                      **{kind: [1, 1, 1.7, 0.6] if kind == "scales"
+                                         else [1, 2, 3, 11]}))
+      for cm in ("half_pixel", "asymmetric", "pytorch_half_pixel", "half_pixel_symmetric")
+      for kind in ("scales", "sizes")],
+    # align_corners with a fractional scale * size: see REFERENCE_CASES.
+    ("linear_align_corners_scales", _resize(X, scales=[1, 1, 1.6, 2], mode="linear",
+                                            coordinate_transformation_mode="align_corners")),
+    ("linear_align_corners_sizes", _resize(X, sizes=[1, 2, 3, 11], mode="linear",
+                                           coordinate_transformation_mode="align_corners")),
+    ("linear_pytorch_to_1", _resize(X, sizes=[1, 2, 1, 3], mode="linear",
+                                    coordinate_transformation_mode="pytorch_half_pixel")),
+    ("linear_align_to_1", _resize(X, sizes=[1, 2, 1, 3], mode="linear",
+                                  coordinate_transformation_mode="align_corners")),
+    ("bilinear_2d", _resize(X[0, 0], scales=[2, 0.5], mode="linear", opset=13)),
+    ("trilinear", _resize(_data((1, 2, 3, 4, 5)), scales=[1, 1, 2, 1.5, 0.6],
+                          mode="linear")),
+    ("linear_antialias", _resize(X, scales=[1, 1, 0.5, 0.4], mode="linear", antialias=1)),
+    ("cubic", _resize(X, scales=[1, 1, 1.7, 2.5], mode="cubic")),
+    ("cubic_align_corners", _resize(X, sizes=[1, 2, 9, 4], mode="cubic",
+                                    coordinate_transformation_mode="align_corners")),
+    ("cubic_exclude_outside", _resize(X, scales=[1, 1, 0.5, 2.4], mode="cubic",
+                                      exclude_outside=1, cubic_coeff_a=-0.5)),
+    ("cubic_antialias", _resize(X, scales=[1, 1, 0.5, 0.4], mode="cubic", antialias=1)),
+    ("tf_crop_and_resize", _resize(X, sizes=[1, 2, 4, 6], mode="linear",
+                                   roi=[0, 0, 0.2, -0.1, 1, 1, 1.1, 0.9],
+                                   coordinate_transformation_mode="tf_crop_and_resize",
+                                   extrapolation_value=7.0)),
+    ("tf_crop_and_resize_nearest", _resize(X, sizes=[4, 6], mode="nearest",
+                                           roi=[0.2, -0.1, 1.1, 0.9], axes=[2, 3],
+                                           coordinate_transformation_mode="tf_crop_and_resize")),
+    ("tf_half_pixel_for_nn", _resize(X, roi=[], scales=[1, 1, 1.7, 0.6], opset=11,
+                                     mode="nearest",
+                                     coordinate_transformation_mode="tf_half_pixel_for_nn")),
+    ("opset11_sizes", _resize(X, roi=[], scales=[], sizes=[1, 2, 9, 4], opset=11,
+                              mode="linear")),
+    ("axes_scales", _resize(X, scales=[2.5, 0.5], axes=[3, 2], mode="nearest")),
+    ("not_larger", _resize(X, sizes=[9, 9], axes=[2, 3], mode="linear",
+                           keep_aspect_ratio_policy="not_larger")),
+    ("not_smaller", _resize(X, sizes=[9, 9], axes=[2, 3], mode="nearest",
+                            keep_aspect_ratio_policy="not_smaller")),
+    ("resize10_nearest_down", _model("Resize", _data((1, 10)),
+                                     {"s": np.array([1, 0.7], np.float32)}, 10)),
+    ("resize10_nearest_up", _model("Resize", X, {"s": np.array([1, 1, 3, 2.5], np.float32)},
+                                   10, mode="nearest")),
+    ("resize10_linear", _model("Resize", X, {"s": np.array([1, 1, 1.7, 0.6], np.float32)},
+                               10, mode="linear")),
+    ("upsample7_nearest", _model("Upsample", X, {}, 7, scales=[1.0, 1.0, 3.0, 2.5])),
+    ("upsample9_nearest", _model("Upsample", X, {"s": np.array([1, 1, 2, 2], np.float32)}, 9,
+                                 mode="nearest")),
+    ("upsample9_linear", _model("Upsample", X, {"s": np.array([1, 1, 1.7, 2.5], np.float32)},
+                                9, mode="linear")),
+]
+
+
+@pytest.mark.parametrize("model", [m for _, m in ORT_CASES], ids=[n for n, _ in ORT_CASES])
+def test_resize_matches_onnxruntime(model):
+    x = _data(tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim))
+    check_against_ort(model, {"x": x})
+
+
+def test_resize_epilogue_fuses():
+    """A Relu after Resize runs as the kernel's epilogue; the result is unchanged."""
+    model = _resize(X, scales=[1, 1, 2, 1.5], mode="linear")
+    relu = helper.make_node("Relu", ["y"], ["z"])
+    model.graph.node.append(relu)
+    model.graph.output[0].name = "z"
+    check_against_ort(model, {"x": X})
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "int32"])
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_resize_integers(dtype, mode):
+    # Integers truncate toward zero as in onnxruntime, whose float32 arithmetic can land on
+    # the other side of an integer than kiln's float64 does: allow one unit.
+    x = _data((1, 2, 5, 7), dtype)
+    model = _resize(x, scales=[1, 1, 1.7, 0.6], mode=mode)
+    check_against_ort(model, {"x": x}, rtol=0, atol=0 if mode == "nearest" else 1)
+
+
+# (name, input, model): forms onnxruntime has no kernel for, or where it departs from ONNX's
+# reference evaluator (the oracle here, as in ONNX's node tests): align_corners with a scale
+# whose output size is fractional divides by scale * size - 1, not by the output size - 1.
+REFERENCE_CASES = [
+    ("align_corners_fractional", X, _resize(X, scales=[1, 1, 1.7, 0.6], mode="linear",
+                                            coordinate_transformation_mode="align_corners")),
+    ("float64_linear", _data((1, 2, 5, 7), "float64"),
+     _resize(_data((1, 2, 5, 7), "float64"), scales=[1, 1, 1.7, 0.6], mode="linear")),
+    ("int64_nearest", _data((2, 5, 7), "int64"),
+     _resize(_data((2, 5, 7), "int64"), scales=[1.5, 1.7, 0.6], mode="nearest")),
+    ("linear_1d", _data((7,)), _resize(_data((7,)), scales=[1.7], mode="linear")),
+    ("cubic_3d", _data((2, 5, 7)), _resize(_data((2, 5, 7)), scales=[2, 1.7, 0.6],
+                                           mode="cubic")),
+]
+
+
+@pytest.mark.parametrize("x,model", [c[1:] for c in REFERENCE_CASES],
+                         ids=[c[0] for c in REFERENCE_CASES])
+def test_resize_matches_reference_evaluator(x, model):
+    from tests.util import kiln_run
+
+    np.testing.assert_allclose(kiln_run(model, {"x": x})[0], _reference_run(model, x),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_resize_negative_axes():
+    """axes may count from the back (onnxruntime mishandles that, so compare positive ones)."""
+    from tests.util import kiln_run
+
+    negative = _resize(X, sizes=[9, 9], axes=[-1, 2], mode="nearest",
+                       keep_aspect_ratio_policy="not_smaller")
+    positive = _resize(X, sizes=[9, 9], axes=[3, 2], mode="nearest",
+                       keep_aspect_ratio_policy="not_smaller")
+    np.testing.assert_array_equal(kiln_run(negative, {"x": X})[0],
+                                  ort_run(positive, {"x": X})[0])
+
+
+def test_resize_folds_constant_input():
+    """A Resize of an initializer folds at import through the NumPy reference."""
+    model = _resize(X, scales=[1, 1, 2, 1.5], mode="cubic")
+    folded = _resize(X, scales=[1, 1, 2, 1.5], mode="cubic", x_const=True)
+    mod, params = kiln.from_onnx(folded)
+    assert not mod.graph.nodes
+    np.testing.assert_allclose(params[mod.graph.outputs[0].name], ort_run(model, {"x": X})[0],
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model,error,match", [
+    (_resize(X, scales=[1, 1, 2, 2], mode="bilinear"), UnsupportedOpError, "mode 'bilinear'"),
+    (_resize(X, scales=[1, 1, 2, 2], coordinate_transformation_mode="corner"),
+     UnsupportedOpError, "coordinate_mode 'corner'"),
+    (_resize(X, scales=[1, 1, 2, 2], nearest_mode="up"), UnsupportedOpError, "nearest_mode"),
+    (_resize(X, scales=[1, 2, 2]), ShapeError, "one value per resized axis"),
+    (_resize(X, scales=[1, 1, -2, 2]), ShapeError, "scales must be positive"),
+    (_resize(X, scales=[1, 1, 2, 2], sizes=[1, 2, 10, 14]), ShapeError, "only one of"),
+    (_resize(X), ShapeError, "neither scales nor sizes"),
+    (_resize(X, sizes=[9, 9], axes=[2, 2]), ShapeError, "repeat an axis"),
+    (_resize(X, sizes=[9, 9], axes=[2, 3], keep_aspect_ratio_policy="fit"),
+     UnsupportedOpError, "keep_aspect_ratio_policy 'fit'"),
+    (_resize(X, sizes=[1, 2, 4, 4], roi=[0, 1], coordinate_transformation_mode="tf_crop_and_resize"),
+     ShapeError, "roi"),
+    (_model("Upsample", X, {"s": np.array([1, 1, 0.5, 2], np.float32)}, 9), ShapeError,
+     ">= 1"),
+])
+def test_resize_errors(model, error, match):
+    with pytest.raises(error, match=match):
+        kiln.from_onnx(model)
+
+
+def test_resize_needs_compile_time_scales():
+    graph = helper.make_graph(
+        [helper.make_node("Resize", ["x", "", "s"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, X.shape),
+         helper.make_tensor_value_info("s", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    with pytest.raises(UnsupportedOpError, match="known at compile time"):
+        kiln.from_onnx(model)
+
+
+def test_resize_linear_needs_numbers():
+    x = np.zeros((2, 3), bool)
+    model = _model("Resize", x, {"roi": None, "s": np.array([2, 2], np.float32)}, 13,
+                   mode="linear")
+    with pytest.raises(ShapeError, match="numeric"):
+        kiln.from_onnx(model)

@@ -6,4 +6,6 @@ from .printer import print_module
 from .types import TensorType
 from .verify import verify
 
-__all__ = ["Graph", "GraphBuilder", "Module", "Node", "TensorType", "Value", "print_module", "verify"]
+__all__ = [
+    "Graph", "GraphBuilder", "Module", "Node", "TensorType", "Value", "print_module", "verify",
+]

@@ -36,7 +36,7 @@ class GraphBuilder:
 
     def add_constant(self, name: str, array: np.ndarray) -> Value:
         """A param whose value is known now (a weight or a folded constant)."""
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array, order="C")  # not ascontiguousarray: it makes scalars 1-d
         value = Value(self.fresh_name(name), TensorType.of(array))
         self.graph.params.append(value)
         self.constants[value.name] = array
@@ -65,12 +65,11 @@ class GraphBuilder:
         names = out_names or [f"{name or op}_out{i}" for i in range(len(out_types))]
         arrays = [self.constants.get(v.name) for v in inputs]
         if fold and all(a is not None for a in arrays):
-            results = opdef.reference(arrays, attrs)
+            results = [np.asarray(r) for r in opdef.reference(arrays, attrs)]
             for r, t in zip(results, out_types, strict=True):
-                if TensorType.of(np.asarray(r)) != t:
-                    raise ShapeError(f"{where}: folded to {TensorType.of(np.asarray(r))}, "
-                                     f"inferred {t}")
-            return [self.add_constant(n, np.asarray(r)) for n, r in zip(names, results)]
+                if TensorType.of(r) != t:
+                    raise ShapeError(f"{where}: folded to {TensorType.of(r)}, inferred {t}")
+            return [self.add_constant(n, r) for n, r in zip(names, results, strict=True)]
         outputs = [Value(self.fresh_name(n), t) for n, t in zip(names, out_types, strict=True)]
         node = Node(op, list(inputs), outputs, attrs, name)
         for v in outputs:

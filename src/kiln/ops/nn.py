@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from functools import reduce
 
 import numpy as np
 
@@ -223,39 +224,30 @@ def _lowest(dtype: np.dtype) -> float | int:
     return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
 
 
-def _pool_windows(x: np.ndarray, attrs: Attrs, fill: float | int) -> tuple[list, tuple]:
-    """The (N, C, *out) blocks of x padded with fill, one per kernel offset, and out's shape."""
+def _pool_blocks(x: np.ndarray, attrs: Attrs, fill: float | int,
+                 overhang: float | int | None = None) -> list[np.ndarray]:
+    """The (N, C, *out) blocks a pool reads, one per kernel offset, from x padded with fill
+    (and its ceil_mode overhang past the end padding with `overhang`, default fill)."""
     kernel, p = attrs["kernel_shape"], attrs["pads"]
     nd = len(kernel)
     out = _window_shape(x.shape, kernel, attrs, attrs["ceil_mode"])
-    widths = []
-    for i in range(nd):
-        need = (out[i] - 1) * attrs["strides"][i] + (kernel[i] - 1) * attrs["dilations"][i] + 1
-        extra = max(0, need - (p[i] + x.shape[2 + i] + p[nd + i]))
-        widths.append((p[i], p[nd + i], extra))
-    xp = _pad_spatial(x, [(b, e + extra) for b, e, extra in widths], fill)
-    # Count mask: 1 where a value counts in an average (the ceil_mode overhang never does).
-    ones = np.ones((1, 1) + x.shape[2:], x.dtype)
-    mask = _pad_spatial(ones, [(b, e) for b, e, _ in widths], int(attrs["count_include_pad"]))
-    mask = _pad_spatial(mask, [(0, extra) for _, _, extra in widths], 0)
-    offsets = itertools.product(*map(range, kernel))
-    return [(xp[s], mask[s]) for s in (_window_slices(k, out, attrs) for k in offsets)], out
+    extra = [max(0, (out[i] - 1) * attrs["strides"][i] + (kernel[i] - 1) * attrs["dilations"][i]
+                 + 1 - (p[i] + x.shape[2 + i] + p[nd + i])) for i in range(nd)]
+    xp = _pad_spatial(x, [(p[i], p[nd + i]) for i in range(nd)], fill)
+    xp = _pad_spatial(xp, [(0, e) for e in extra], fill if overhang is None else overhang)
+    return [xp[_window_slices(k, out, attrs)] for k in itertools.product(*map(range, kernel))]
 
 
 def _max_pool_ref(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarray]:
     x = arrs[0]
-    blocks, _ = _pool_windows(x, attrs, _lowest(x.dtype))
-    y = blocks[0][0]
-    for block, _ in blocks[1:]:
-        y = np.maximum(y, block)
-    return [np.ascontiguousarray(y)]
+    return [np.ascontiguousarray(reduce(np.maximum, _pool_blocks(x, attrs, _lowest(x.dtype))))]
 
 
 def _avg_pool_ref(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarray]:
     x = arrs[0]
-    blocks, _ = _pool_windows(x, attrs, 0)
-    total = sum(block for block, _ in blocks)
-    count = sum(mask for _, mask in blocks)
+    total = sum(_pool_blocks(x, attrs, 0))
+    ones = np.ones((1, 1) + x.shape[2:], x.dtype)
+    count = sum(_pool_blocks(ones, attrs, int(attrs["count_include_pad"]), 0))
     with np.errstate(invalid="ignore", divide="ignore"):
         return [(total / count).astype(x.dtype)]
 
@@ -269,10 +261,10 @@ def _max_pool_argmax_ref(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarra
         flat = np.arange(math.prod(spatial), dtype=np.int64).reshape(spatial[::-1]).T
     planes = np.arange(n * c, dtype=np.int64) * math.prod(spatial)
     index = flat + planes.reshape((n, c) + (1,) * len(spatial))
-    blocks, _ = _pool_windows(x, attrs, _lowest(x.dtype))
-    iblocks, _ = _pool_windows(index, attrs, -1)
-    best, arg = blocks[0][0], iblocks[0][0]
-    for (block, _), (iblock, _) in zip(blocks[1:], iblocks[1:], strict=True):
+    blocks = _pool_blocks(x, attrs, _lowest(x.dtype))
+    iblocks = _pool_blocks(index, attrs, -1)
+    best, arg = blocks[0], iblocks[0]
+    for block, iblock in zip(blocks[1:], iblocks[1:], strict=True):
         better = (block > best) | (arg < 0)  # the first maximum wins; padding never does
         best, arg = np.where(better, block, best), np.where(better, iblock, arg)
     return [np.ascontiguousarray(arg)]

@@ -86,7 +86,8 @@ def _check_numeric(op: str, t: TensorType, kinds: str = "fiu") -> None:
         raise ShapeError(f"{op} does not support dtype {t.dtype}")
 
 
-def _reduced_shape(shape: tuple[int, ...], axes: tuple[int, ...], keepdims: bool) -> tuple[int, ...]:
+def _reduced_shape(shape: tuple[int, ...], axes: tuple[int, ...],
+                   keepdims: bool) -> tuple[int, ...]:
     if keepdims:
         return tuple(1 if d in axes else n for d, n in enumerate(shape))
     return tuple(n for d, n in enumerate(shape) if d not in axes)

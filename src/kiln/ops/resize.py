@@ -155,10 +155,10 @@ def axis_taps(axis: int, n_in: int, attrs: Attrs) -> AxisTaps:
 
 
 def saturate(values: np.ndarray, dtype: str) -> np.ndarray:
-    """Interpolated float64 values as dtype: integers round half to even and saturate."""
+    """Interpolated float64 values as dtype: integers truncate (as onnxruntime) and saturate."""
     if np.dtype(dtype).kind in "iu":
         info = np.iinfo(dtype)
-        return np.clip(np.round(values), info.min, info.max).astype(dtype)
+        return np.nan_to_num(np.clip(np.trunc(values), info.min, info.max)).astype(dtype)
     return values.astype(dtype)
 
 

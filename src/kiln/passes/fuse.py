@@ -47,13 +47,14 @@ class KernelGroup:
         return "+".join(n.op for n in self.nodes)
 
 
-def _next_link(node: Node, value: Value, users: dict, graph_outputs: set[int]) -> Node | None:
+def _next_link(value: Value, users: dict, graph_outputs: set[int],
+               absorbed: set[int]) -> Node | None:
     """The elementwise node that can extend a chain ending in value, if there is one."""
     readers = users.get(value, [])
     if id(value) in graph_outputs or len(readers) != 1:
         return None
     nxt = readers[0]
-    if get_op(nxt.op).kind != ELEMENTWISE or len(nxt.outputs) != 1:
+    if id(nxt) in absorbed or get_op(nxt.op).kind != ELEMENTWISE or len(nxt.outputs) != 1:
         return None
     if nxt.outputs[0].type.shape != value.type.shape or nxt.inputs.count(value) != 1:
         return None
@@ -74,7 +75,7 @@ def fuse(mod: Module) -> list[KernelGroup]:
         group = KernelGroup(node)
         if len(node.outputs) == 1 and get_kernel(node.op).epilogue:
             value = node.outputs[0]
-            while (nxt := _next_link(node, value, users, graph_outputs)) is not None:
+            while (nxt := _next_link(value, users, graph_outputs, absorbed)) is not None:
                 group.chain.append(nxt)
                 absorbed.add(id(nxt))
                 value = nxt.outputs[0]

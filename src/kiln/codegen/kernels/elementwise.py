@@ -79,7 +79,8 @@ def _gelu(a, at, dt, out):
     if at.get("approximate", "none") == "tanh":
         inner = f"({lit(0.7978845608028654, t)} * ({x} + {lit(0.044715, t)} * {x} * {x} * {x}))"
         return f"({lit(0.5, t)} * {x} * ({_one(t)} + {fn('tanh', t)}{inner}))"
-    return f"({lit(0.5, t)} * {x} * ({_one(t)} + {fn('erf', t)}({x} * {lit(0.7071067811865476, t)})))"
+    scaled = f"{x} * {lit(0.7071067811865476, t)}"
+    return f"({lit(0.5, t)} * {x} * ({_one(t)} + {fn('erf', t)}({scaled})))"
 
 
 def _softplus(x: str, t: str) -> str:

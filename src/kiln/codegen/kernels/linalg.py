@@ -100,8 +100,13 @@ def _matmul(ctx: KernelContext) -> str:
     b_off = broadcast_index(d.b_batch, d.batch, "b")
     p = _Product(batch=math.prod(d.batch), m=d.m, k=d.k, n=d.n,
                  a_offset=f"({a_off}) * {d.m * d.k}", b_offset=f"({b_off}) * {d.k * d.n}")
+    return render_product(ctx, p, lambda acc: _narrow(ctx, acc))
+
+
+def _narrow(ctx: KernelContext, value: str) -> str:
+    """value (of the accumulator type) as the output's C type."""
     t = ctx.ot(0)
-    return render_product(ctx, p, lambda acc: f"({t}){acc}")
+    return value if acc_type(ctx.out_types[0].dtype, t) == t else f"({t})({value})"
 
 
 @kernel("gemm")
@@ -109,16 +114,16 @@ def _gemm(ctx: KernelContext) -> str:
     m, k, n = gemm_dims(ctx.in_types[0].shape, ctx.in_types[1].shape, ctx.attrs)
     p = _Product(batch=1, m=m, k=k, n=n, a_offset="0", b_offset="0",
                  trans_a=bool(ctx.attrs["trans_a"]), trans_b=bool(ctx.attrs["trans_b"]))
-    dtype, t = ctx.out_types[0].dtype, ctx.ot(0)
-    acc = acc_type(dtype, t)
-    alpha, beta = ctx.attrs["alpha"], ctx.attrs["beta"]
+    dtype = ctx.out_types[0].dtype
+    acc = acc_type(dtype, ctx.ot(0))
+    alpha, beta = lit(ctx.attrs["alpha"], dtype), lit(ctx.attrs["beta"], dtype)
 
     def value(a: str) -> str:
-        v = a if alpha == 1 else f"({acc}){lit(alpha, dtype)} * {a}"
+        v = a if ctx.attrs["alpha"] == 1 else f"({acc}){alpha} * {a}"
         if len(ctx.ins) == 3:
             c = f"{ctx.ins[2]}[{broadcast_index(ctx.in_types[2].shape, (m, n), 'o')}]"
-            v = f"{v} + ({acc}){lit(beta, dtype)} * ({acc}){c}"
-        return f"({t})({v})"
+            v = f"{v} + ({acc}){beta} * ({acc}){c}"
+        return _narrow(ctx, v)
 
     return render_product(ctx, p, value)
 
@@ -130,12 +135,12 @@ def _cumsum(ctx: KernelContext) -> str:
     outer, n, inner = math.prod(x.shape[:axis]), x.shape[axis], math.prod(x.shape[axis + 1:])
     if x.numel == 0:
         return "/* empty output */"
-    t, acc = ctx.t(0), acc_type(x.dtype, ctx.t(0))
+    acc = acc_type(x.dtype, ctx.t(0))
     cb = min(inner, 1024)
     step = f"{n} - 1 - s" if ctx.attrs["reverse"] else "s"
-    store = ctx.store("i", f"({t})acc[c]")
-    update = f"{store}\n            acc[c] += v;" if ctx.attrs["exclusive"] else \
-        f"acc[c] += v;\n            {store}"
+    store = ctx.store("i", _narrow(ctx, "acc[c]"))
+    add = "acc[c] += v;"
+    update = f"{store}\n{' ' * 16}{add}" if ctx.attrs["exclusive"] else f"{add}\n{' ' * 16}{store}"
     return f"""for (int64_t q = 0; q < {outer}; ++q) {{
     for (int64_t c0 = 0; c0 < {inner}; c0 += {cb}) {{
         const int64_t cn = {inner} - c0 < {cb} ? {inner} - c0 : {cb};
@@ -163,11 +168,11 @@ def _trilu(ctx: KernelContext) -> str:
     # Row i keeps columns j >= i + k (upper) or j <= i + k (lower): j < edge vs j >= edge.
     edge = f"i + {k}" if ctx.attrs["upper"] else f"i + {k + 1}"
     zero = lit(0, x.dtype)
-    below, above = (zero, "x[j]") if ctx.attrs["upper"] else ("x[j]", zero)
+    below, above = (zero, "src[j]") if ctx.attrs["upper"] else ("src[j]", zero)
     return f"""for (int64_t m = 0; m < {x.numel // (rows * cols)}; ++m) {{
     for (int64_t i = 0; i < {rows}; ++i) {{
         const int64_t row = (m * {rows} + i) * {cols};
-        const {ctx.t(0)}* restrict x = {ctx.ins[0]} + row;
+        const {ctx.t(0)}* restrict src = {ctx.ins[0]} + row;
         int64_t edge = {edge};
         edge = edge < 0 ? 0 : (edge > {cols} ? {cols} : edge);
         for (int64_t j = 0; j < edge; ++j) {ctx.store("row + j", below)}

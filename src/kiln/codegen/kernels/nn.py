@@ -1,1 +1,401 @@
-"""C kernels of the nn ops (semantics: kiln/ops/nn.py)."""
+"""C kernels of the nn ops (semantics: kiln/ops/nn.py).
+
+Tensors are row-major (N, C, *spatial). conv and conv_transpose compute a tile of one output
+row for MB output channels in a local accumulator: the weight tap sits in a register and the
+contiguous output row is the innermost loop (so gcc vectorizes it); pools loop over windows;
+normalizations take two passes over each group (mean, variance) and a third to store.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ...ops.nn import MVN_EPSILON, lrn_window
+from .registry import KernelContext, broadcast_index, is_float, kernel, lit, strides
+
+ROW_TILE = 256  # output elements of one row kept in the accumulator at a time
+CHANNEL_BLOCKS = (4, 2, 1)  # output channels computed together (the first that divides)
+
+
+def _for(var: str, count: int | str, body: str, *, start: int | str = 0) -> str:
+    return f"for (int64_t {var} = {start}; {var} < {count}; ++{var}) {{\n{_indent(body)}\n}}"
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line if line else line for line in text.splitlines())
+
+
+def _nest(loops: list[tuple[str, int]], body: str) -> str:
+    """Nested for loops over (variable, count) pairs, outermost first."""
+    for var, count in reversed(loops):
+        body = _for(var, count, body)
+    return body
+
+
+def _flat(coords: list[str], shape: tuple[int, ...] | list[int]) -> str:
+    """C expression: the row-major flat index of coords in shape."""
+    st = strides(tuple(shape))
+    terms = [f"{c} * {s}" if s != 1 else c for c, s in zip(coords, st, strict=True)]
+    return " + ".join(terms) if terms else "0"
+
+
+def _ceil_div(a: str, b: int) -> str:
+    """C expression: ceil(a / b) for any int64 a and a positive constant b."""
+    if b == 1:
+        return f"({a})"
+    return f"(({a}) > 0 ? (({a}) + {b - 1}) / {b} : -((-({a})) / {b}))"
+
+
+def _lowest(dtype: str) -> str:
+    """C literal: the identity of max in dtype."""
+    return "(-INFINITY)" if is_float(dtype) else lit(np.iinfo(dtype).min, dtype)
+
+
+# ---- conv / conv_transpose
+
+
+def _conv_geometry(ctx: KernelContext, transposed: bool) -> dict:
+    """Shapes and window attrs as plain ints; a pointwise conv becomes one long 1-D row."""
+    x, w, y = ctx.in_types[0].shape, ctx.in_types[1].shape, ctx.out_types[0].shape
+    nd = len(x) - 2
+    a = ctx.attrs
+    geo = {"I": list(x[2:]), "K": list(w[2:]), "O": list(y[2:]), "s": list(a["strides"]),
+           "d": list(a["dilations"]), "pb": list(a["pads"][:nd]), "N": x[0], "C": x[1],
+           "M": y[1], "G": a["group"]}
+    pointwise = all(k == 1 for k in geo["K"]) and all(s == 1 for s in geo["s"]) \
+        and all(p == 0 for p in a["pads"])
+    if pointwise and nd > 1 and not transposed:
+        size = math.prod(geo["I"])
+        geo.update(I=[size], K=[1], O=[size], s=[1], d=[1], pb=[0])
+    return geo
+
+
+def _channel_block(per_group: int) -> int:
+    return next(b for b in CHANNEL_BLOCKS if per_group % b == 0)
+
+
+def _row_kernel(ctx: KernelContext, transposed: bool) -> str:
+    """conv / conv_transpose: see the module docstring; the taps differ (gather vs scatter)."""
+    g = _conv_geometry(ctx, transposed)
+    t = ctx.t(0)
+    I, K, O = g["I"], g["K"], g["O"]  # noqa: E741
+    nd = len(I)
+    cg, mg = g["C"] // g["G"], g["M"] // g["G"]
+    mb = _channel_block(mg)
+    tile = min(ROW_TILE, O[-1])
+    i_size, k_size, o_size = math.prod(I), math.prod(K), math.prod(O)
+    outer = [(f"o{j}", O[j]) for j in range(nd - 1)]
+    # The weight of tap kk for block channel j, and the channel's first weight.
+    if transposed:  # w: (C, M/group, *K)
+        w_base = f"((g * {cg} + c) * {mg} + m0) * {k_size}"
+        w_step = k_size
+    else:  # w: (M, C/group, *K)
+        w_base = f"((g * {mg} + m0) * {cg} + c) * {k_size}"
+        w_step = cg * k_size
+
+    # Inner: the taps of the last kernel dim over the current row tile.
+    sl, dl, pl = g["s"][-1], g["d"][-1], g["pb"][-1]
+    weights = "\n".join(f"const {t} w{j} = wr[kl + {j * w_step}];" for j in range(mb))
+    if transposed:  # output ol = il * s + off
+        bounds = (f"int64_t lo = {_ceil_div('t0 - off', sl)};\nif (lo < 0) lo = 0;\n"
+                  f"int64_t hi = {_ceil_div('t0 + tn - off', sl)};\n"
+                  f"if (hi > {I[-1]}) hi = {I[-1]};")
+        update = "\n".join(f"acc[{j}][il * {sl} + off - t0] += w{j} * xv;" for j in range(mb))
+        inner = _for("il", "hi", f"const {t} xv = xr[il];\n{update}", start="lo")
+    else:  # input il = ol * s + off
+        bounds = (f"int64_t lo = off >= 0 ? 0 : {_ceil_div('-off', sl)};\n"
+                  f"if (lo < t0) lo = t0;\n"
+                  f"int64_t hi = {I[-1]} - off <= 0 ? 0 : {_ceil_div(f'{I[-1]} - off', sl)};\n"
+                  f"if (hi > t0 + tn) hi = t0 + tn;")
+        update = "\n".join(f"acc[{j}][ol - t0] += w{j} * xv;" for j in range(mb))
+        inner = _for("ol", "hi", f"const {t} xv = xr[ol * {sl} + off];\n{update}", start="lo")
+    taps = _for("kl", K[-1], f"const int64_t off = kl * {dl} - {pl};\n{bounds}\n"
+                             f"{weights}\n{inner}")
+
+    # Outer kernel dims: skip taps whose input row is outside (or, transposed, off-stride).
+    body = (f"const {t}* restrict xr = xc + ({_flat([f'i{j}' for j in range(nd - 1)], I[:-1])})"
+            f" * {I[-1]};\nconst {t}* restrict wr = wc + "
+            f"({_flat([f'k{j}' for j in range(nd - 1)], K[:-1])}) * {K[-1]};\n{taps}")
+    for j in reversed(range(nd - 1)):
+        s, d, p = g["s"][j], g["d"][j], g["pb"][j]
+        if transposed:
+            check = f"const int64_t t{j} = o{j} + {p} - k{j} * {d};\n"
+            check += f"if (t{j} < 0 || t{j} % {s} != 0) continue;\n" if s > 1 else \
+                f"if (t{j} < 0) continue;\n"
+            check += f"const int64_t i{j} = t{j} / {s};\nif (i{j} >= {I[j]}) continue;"
+        else:
+            check = (f"const int64_t i{j} = o{j} * {s} + k{j} * {d} - {p};\n"
+                     f"if (i{j} < 0 || i{j} >= {I[j]}) continue;")
+        body = _for(f"k{j}", K[j], f"{check}\n{body}")
+    channel = (f"const {t}* restrict xc = {ctx.ins[0]} + (n * {g['C']} + g * {cg} + c) * "
+               f"{i_size};\nconst {t}* restrict wc = {ctx.ins[1]} + {w_base};\n{body}")
+
+    bias = lit(0, ctx.in_types[0].dtype)
+    if len(ctx.ins) == 3:
+        bias = f"{ctx.ins[2]}[g * {mg} + m0 + j]"
+    o_flat = _flat([v for v, _ in outer], O[:-1])
+    store = ctx.store(f"(n * {g['M']} + g * {mg} + m0 + j) * {o_size} + ({o_flat}) * {O[-1]}"
+                      " + t0 + ol", "acc[j][ol]")
+    row = (f"const int64_t tn = {O[-1]} - t0 < {tile} ? {O[-1]} - t0 : {tile};\n"
+           f"{t} acc[{mb}][{tile}];\n"
+           + _nest([("j", mb)], _for("ol", "tn", f"acc[j][ol] = {bias};")) + "\n"
+           + _for("c", cg, channel) + "\n"
+           + _nest([("j", mb)], _for("ol", "tn", store)))
+    tiles = f"for (int64_t t0 = 0; t0 < {O[-1]}; t0 += {tile}) {{\n{_indent(row)}\n}}"
+    blocks = f"for (int64_t m0 = 0; m0 < {mg}; m0 += {mb}) {{\n" \
+             f"{_indent(_nest(outer, tiles))}\n}}"
+    return _nest([("n", g["N"]), ("g", g["G"])], blocks)
+
+
+@kernel("conv")
+def _conv(ctx: KernelContext) -> str:
+    return _row_kernel(ctx, transposed=False)
+
+
+@kernel("conv_transpose")
+def _conv_transpose(ctx: KernelContext) -> str:
+    return _row_kernel(ctx, transposed=True)
+
+
+# ---- pools
+
+
+def _window_loops(ctx: KernelContext, visit: str, *, include_pad: bool = False) -> str:
+    """Loops over the kernel window of output position (o0, o1, ...) of plane `xc`.
+
+    visit runs for each tap with `v` (the value) in range; with include_pad, taps in the
+    padding run `cnt += 1` too (they count in an average) and skip visit.
+    """
+    a = ctx.attrs
+    shape = ctx.in_types[0].shape[2:]
+    nd = len(shape)
+    pads = a["pads"]
+    inside = " && ".join(f"i{j} >= 0 && i{j} < {shape[j]}" for j in range(nd))
+    body = f"const {ctx.t(0)} v = xc[{_flat([f'i{j}' for j in range(nd)], shape)}];\n{visit}"
+    if include_pad:
+        body = f"cnt += 1;\nif ({inside}) {{\n{_indent(body)}\n}}"
+    for j in reversed(range(nd)):
+        lo, hi = (-pads[j], shape[j] + pads[nd + j]) if include_pad else (0, shape[j])
+        start = f"o{j} * {a['strides'][j]} - {pads[j]}"
+        step = (f"const int64_t i{j} = {start} + k{j} * {a['dilations'][j]};\n"
+                f"if (i{j} < {lo}) continue;\nif (i{j} >= {hi}) break;\n")
+        body = _for(f"k{j}", a["kernel_shape"][j], step + body)
+    return body
+
+
+def _pool(ctx: KernelContext, init: str, visit: str, result: str, *,
+          include_pad: bool = False) -> str:
+    x, y = ctx.in_types[0].shape, ctx.out_types[0].shape
+    out = y[2:]
+    loops = [(f"o{j}", n) for j, n in enumerate(out)]
+    window = _window_loops(ctx, visit, include_pad=include_pad)
+    store = ctx.store(f"nc * {math.prod(out)} + {_flat([v for v, _ in loops], out)}", result)
+    body = _nest(loops, f"{init}\n{window}\n{store}")
+    plane = f"const {ctx.t(0)}* restrict xc = {ctx.ins[0]} + nc * {math.prod(x[2:])};\n"
+    return _for("nc", x[0] * x[1], plane + body)
+
+
+def _max_update(dtype: str) -> str:
+    """C: fold `v` into `acc` keeping the maximum (a NaN wins and stays, as in NumPy)."""
+    nan = " || v != v" if is_float(dtype) else ""
+    return f"if (v > acc{nan}) acc = v;"
+
+
+@kernel("max_pool")
+def _max_pool(ctx: KernelContext) -> str:
+    dtype = ctx.in_types[0].dtype
+    return _pool(ctx, f"{ctx.t(0)} acc = {_lowest(dtype)};", _max_update(dtype), "acc")
+
+
+@kernel("max_pool_argmax")
+def _max_pool_argmax(ctx: KernelContext) -> str:
+    x = ctx.in_types[0].shape
+    spatial = x[2:]
+    if ctx.attrs["storage_order"]:  # column-major over the spatial dims
+        st = [math.prod(spatial[:j]) for j in range(len(spatial))]
+        flat = " + ".join(f"i{j} * {s}" for j, s in enumerate(st))
+    else:
+        flat = _flat([f"i{j}" for j in range(len(spatial))], spatial)
+    init = f"{ctx.t(0)} acc = {_lowest(ctx.in_types[0].dtype)};\nint64_t arg = -1;"
+    visit = f"if (v > acc || arg < 0) {{ acc = v; arg = nc * {math.prod(spatial)} + {flat}; }}"
+    return _pool(ctx, init, visit, "arg")
+
+
+@kernel("avg_pool")
+def _avg_pool(ctx: KernelContext) -> str:
+    t = ctx.t(0)
+    include = ctx.attrs["count_include_pad"]
+    visit = "acc += v;" if include else "acc += v;\ncnt += 1;"
+    return _pool(ctx, f"{t} acc = 0;\nint64_t cnt = 0;", visit, f"acc / ({t})cnt",
+                 include_pad=include)
+
+
+def _global_pool(ctx: KernelContext, init: str, update: str, result: str) -> str:
+    x = ctx.in_types[0].shape
+    size = math.prod(x[2:])
+    body = (f"const {ctx.t(0)}* restrict xc = {ctx.ins[0]} + nc * {size};\n{init}\n"
+            + _for("s", size, f"const {ctx.t(0)} v = xc[s];\n{update}") + "\n"
+            + ctx.store("nc", result))
+    return _for("nc", x[0] * x[1], body)
+
+
+@kernel("global_avg_pool")
+def _global_avg_pool(ctx: KernelContext) -> str:
+    size = math.prod(ctx.in_types[0].shape[2:])
+    return _global_pool(ctx, f"{ctx.t(0)} acc = 0;", "acc += v;", f"acc / ({ctx.t(0)}){size}")
+
+
+@kernel("global_max_pool")
+def _global_max_pool(ctx: KernelContext) -> str:
+    dtype = ctx.in_types[0].dtype
+    return _global_pool(ctx, f"{ctx.t(0)} acc = {_lowest(dtype)};", _max_update(dtype), "acc")
+
+
+# ---- lrn
+
+
+@kernel("lrn")
+def _lrn(ctx: KernelContext) -> str:
+    x = ctx.in_types[0].shape
+    t, dtype = ctx.t(0), ctx.in_types[0].dtype
+    n, c, size = x[0], x[1], math.prod(x[2:])
+    tile = min(ROW_TILE, size)
+    before, after = lrn_window(ctx.attrs["size"])
+    a = ctx.attrs
+    coef = lit(a["alpha"] / a["size"], dtype)
+    pw = "powf" if dtype == "float32" else "pow"
+    value = (f"xp[s] / {pw}({lit(a['bias'], dtype)} + {coef} * sums[s - t0], "
+             f"{lit(a['beta'], dtype)})")
+    plane = f"{ctx.ins[0]} + (n * {c} + c) * {size}"
+    body = (f"const int64_t tn = {size} - t0 < {tile} ? {size} - t0 : {tile};\n"
+            f"{t} sums[{tile}];\n" + _for("s", "tn", "sums[s] = 0;") + "\n"
+            f"const int64_t c_lo = c - {before} < 0 ? 0 : c - {before};\n"
+            f"const int64_t c_hi = c + {after} >= {c} ? {c - 1} : c + {after};\n"
+            + _for("cc", "c_hi + 1", f"const {t}* restrict xq = {ctx.ins[0]} + "
+                   f"(n * {c} + cc) * {size} + t0;\n"
+                   + _for("s", "tn", "sums[s] += xq[s] * xq[s];"), start="c_lo") + "\n"
+            f"const {t}* restrict xp = {plane};\n"
+            + _for("s", "t0 + tn", ctx.store(f"(n * {c} + c) * {size} + s", value), start="t0"))
+    tiles = f"for (int64_t t0 = 0; t0 < {size}; t0 += {tile}) {{\n{_indent(body)}\n}}"
+    return _nest([("n", n), ("c", c)], tiles)
+
+
+# ---- normalizations
+
+
+def _moments(x: str, index: str, size: int) -> str:
+    """C: `mean` and biased `var` (double) of x[index] for r < size."""
+    return ("double mean = 0.0, var = 0.0;\n"
+            + _for("r", size, f"mean += {x}[{index}];") + f"\nmean /= {size};\n"
+            + _for("r", size, f"const double dv = {x}[{index}] - mean;\nvar += dv * dv;")
+            + f"\nvar /= {size};")
+
+
+def _rows(ctx: KernelContext, groups: int, size: int, setup: str, value: str,
+          index: str | None = None) -> str:
+    """Normalize each group g of `size` elements: moments, then setup, then store value(v).
+
+    index: C expression of x's flat index of element r of group g (default: contiguous).
+    """
+    index = index or f"g * {size} + r"
+    x = ctx.ins[0]
+    body = (_moments(x, index, size) + f"\n{setup}\n"
+            + _for("r", size, f"const {ctx.t(0)} v = {x}[{index}];\n"
+                   + ctx.store(index, value)))
+    return _for("g", groups, body)
+
+
+def _inv_std(ctx: KernelContext, var: str = "var") -> str:
+    eps = lit(ctx.attrs["epsilon"], "float64")
+    return f"const {ctx.t(0)} inv = ({ctx.t(0)})(1.0 / sqrt({var} + {eps}));"
+
+
+@kernel("batch_norm")
+def _batch_norm(ctx: KernelContext) -> str:
+    x = ctx.in_types[0].shape
+    n, c, size = x[0], x[1], math.prod(x[2:])
+    t = ctx.t(0)
+    scale, bias, mean, var = ctx.ins[1:5]
+    eps = lit(ctx.attrs["epsilon"], "float64")
+    setup = (f"const {t} a = ({t})({scale}[c] / sqrt((double){var}[c] + {eps}));\n"
+             f"const {t} mu = {mean}[c], b = {bias}[c];\n")
+    body = setup + _for("s", size, ctx.store(f"(n * {c} + c) * {size} + s",
+                                             f"({ctx.ins[0]}[(n * {c} + c) * {size} + s] - mu)"
+                                             " * a + b"))
+    return _nest([("n", n), ("c", c)], body)
+
+
+@kernel("instance_norm")
+def _instance_norm(ctx: KernelContext) -> str:
+    x = ctx.in_types[0].shape
+    t = ctx.t(0)
+    setup = (f"{_inv_std(ctx)}\nconst {t} mu = ({t})mean, a = inv * {ctx.ins[1]}[g % {x[1]}];\n"
+             f"const {t} b = {ctx.ins[2]}[g % {x[1]}];")
+    return _rows(ctx, x[0] * x[1], math.prod(x[2:]), setup, "(v - mu) * a + b")
+
+
+def _layer_groups(ctx: KernelContext) -> tuple[int, int]:
+    shape, axis = ctx.in_types[0].shape, ctx.attrs["axis"]
+    return math.prod(shape[:axis]), math.prod(shape[axis:])
+
+
+@kernel("layer_norm")
+def _layer_norm(ctx: KernelContext) -> str:
+    groups, size = _layer_groups(ctx)
+    inner = ctx.in_types[0].shape[ctx.attrs["axis"]:]
+    t = ctx.t(0)
+    scale = f"{ctx.ins[1]}[{broadcast_index(ctx.in_types[1].shape, inner, 'r')}]"
+    value = f"(v - mu) * inv * {scale}"
+    if len(ctx.ins) == 3:
+        value += f" + {ctx.ins[2]}[{broadcast_index(ctx.in_types[2].shape, inner, 'r')}]"
+    return _rows(ctx, groups, size, f"{_inv_std(ctx)}\nconst {t} mu = ({t})mean;", value)
+
+
+@kernel("layer_norm_stats", epilogue=False)
+def _layer_norm_stats(ctx: KernelContext) -> str:
+    groups, size = _layer_groups(ctx)
+    t = ctx.t(0)
+    body = (_moments(ctx.ins[0], f"g * {size} + r", size) + "\n" + _inv_std(ctx) + "\n"
+            f"{ctx.outs[0]}[g] = ({t})mean;\n{ctx.outs[1]}[g] = inv;")
+    return _for("g", groups, body)
+
+
+@kernel("mean_variance_norm")
+def _mean_variance_norm(ctx: KernelContext) -> str:
+    shape = ctx.in_types[0].shape
+    axes = set(ctx.attrs["axes"])
+    st = strides(shape)
+    kept = [d for d in range(len(shape)) if d not in axes]
+    reduced = [d for d in range(len(shape)) if d in axes]
+
+    def offset(var: str, dims: list[int]) -> str:
+        sub = [shape[d] for d in dims]
+        sub_st = strides(tuple(sub))
+        terms = [f"(({var} / {s}) % {n}) * {st[d]}" for d, n, s in zip(dims, sub, sub_st,
+                                                                        strict=True)]
+        return " + ".join(terms) if terms else "0"
+
+    t = ctx.t(0)
+    index = f"{offset('g', kept)} + {offset('r', reduced)}"
+    setup = (f"const {t} mu = ({t})mean;\n"
+             f"const {t} inv = ({t})(1.0 / (sqrt(var) + {lit(MVN_EPSILON, 'float64')}));")
+    groups = math.prod(shape[d] for d in kept)
+    return _rows(ctx, groups, math.prod(shape[d] for d in reduced), setup, "(v - mu) * inv",
+                 index)
+
+
+@kernel("lp_norm")
+def _lp_norm(ctx: KernelContext) -> str:
+    shape, axis = ctx.in_types[0].shape, ctx.attrs["axis"]
+    outer, k, inner = math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
+    t, x = ctx.t(0), ctx.ins[0]
+    index = f"(a * {k} + kk) * {inner} + b"
+    term = f"fabs((double){x}[{index}])" if ctx.attrs["p"] == 1 else \
+        f"(double){x}[{index}] * {x}[{index}]"
+    norm = "total" if ctx.attrs["p"] == 1 else "sqrt(total)"
+    body = ("double total = 0.0;\n" + _for("kk", k, f"total += {term};") + "\n"
+            f"const {t} norm = ({t}){norm};\n"
+            + _for("kk", k, ctx.store(index, f"norm == 0 ? 0 : {x}[{index}] / norm")))
+    return _nest([("a", outer), ("b", inner)], body)

@@ -11,11 +11,13 @@ Floats accumulate sums in double; integers in uint64_t (wrap-around, no signed o
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from string import Template
 
 import numpy as np
 
+from ...ops.reduce import REDUCTIONS
 from .registry import KernelContext, ctype, is_float, kernel, lit, mathfn, strides
 
 # Most kept contiguous positions reduced side by side (local accumulator arrays).
@@ -38,7 +40,7 @@ class Acc:
 class Step:
     """C code run once per reduced element (`each`) or once per kept position.
 
-    The code may name `$x` (the element), `$r` (its flat index among the reduced elements),
+    The code may name `x` (the element), `$r` (its flat index among the reduced elements),
     `$i` (its flat index in the input) and `$<acc>` (an accumulator).
     """
 
@@ -60,6 +62,10 @@ def _merged_dims(shape: tuple[int, ...], axes: tuple[int, ...]) -> list[tuple[in
     return [(n, s, r) for n, s, r in dims]
 
 
+def _times(var: str, n: int) -> str:
+    return var if n == 1 else f"{var} * {n}"
+
+
 def _flat_offset(var: str, dims: list[tuple[int, int]]) -> str:
     """C expression: the input offset of row-major position `var` over dims (size, stride)."""
     terms, inner = [], 1
@@ -67,7 +73,7 @@ def _flat_offset(var: str, dims: list[tuple[int, int]]) -> str:
         coord = f"{var} / {inner}" if inner > 1 else var
         if inner * n < math.prod(n for n, _ in dims):
             coord = f"({coord}) % {n}"
-        terms.append(f"({coord}) * {s}")
+        terms.append(_times(f"({coord})", s))
         inner *= n
     return " + ".join(reversed(terms)) or "0"
 
@@ -75,6 +81,8 @@ def _flat_offset(var: str, dims: list[tuple[int, int]]) -> str:
 def _walk(ctx: KernelContext, axes: tuple[int, ...], accs: list[Acc], steps: list[Step],
           final: str | None = None, tile: int = TILE) -> str:
     """The kernel body: accumulate over `axes` of input 0; `final` is stored per kept position."""
+    if ctx.out_types[0].numel == 0:
+        return ""
     t_in = ctx.t(0)
     dims = _merged_dims(ctx.in_types[0].shape, axes)
     kept = [(n, s) for n, s, r in dims if not r]
@@ -86,12 +94,12 @@ def _walk(ctx: KernelContext, axes: tuple[int, ...], accs: list[Acc], steps: lis
 
     sub = {a.name: f"{a.name}[t]" if tiled else a.name for a in accs if not a.per_element}
     pos = "t0 + t" if tiled else "0"
-    r_flat = " + ".join(f"r{j} * {math.prod(n for n, _ in red[j + 1:])}"
+    r_flat = " + ".join(_times(f"r{j}", math.prod(n for n, _ in red[j + 1:]))
                         for j in range(len(red))) or "0"
     sub.update({a.name: f"{a.name}[({r_flat}) * {width} + t]" if tiled else f"{a.name}[{r_flat}]"
                 for a in accs if a.per_element})
-    roff = " + ".join(f"r{j} * {s}" for j, (_, s) in enumerate(red)) or "0"
-    sub.update(x="x", r=f"({r_flat})", i=f"(ob + {roff} + {pos})")
+    roff = " + ".join(_times(f"r{j}", s) for j, (_, s) in enumerate(red)) or "0"
+    sub.update(r=f"({r_flat})", i=f"(ob + {roff} + {pos})")
 
     def fill(code: str) -> str:
         return Template(code).substitute(sub)
@@ -101,14 +109,15 @@ def _walk(ctx: KernelContext, axes: tuple[int, ...], accs: list[Acc], steps: lis
 
     lines = [f"const int64_t ob = {_flat_offset('o', kept)};"]
     if tiled:
-        full = inner % width == 0
-        lines.append(f"const int64_t nt = {width if full else f'({inner} - t0 < {width} ? {inner} - t0 : {width})'};")
+        rest = f"({inner} - t0 < {width} ? {inner} - t0 : {width})"
+        lines.append(f"const int64_t nt = {width if inner % width == 0 else rest};")
     for a in accs:
-        size = n_red * width if a.per_element else width
-        if tiled or a.per_element:
-            lines.append(f"{a.ctype} {a.name}[{size}];")
+        if a.per_element:
+            lines.append(f"{a.ctype} {a.name}[{max(1, n_red * width)}];")
+        elif tiled:
+            lines.append(f"{a.ctype} {a.name}[{width}];")
             if a.init is not None:
-                lines.append(per_t(f"{a.name}[t] = {a.init};" if tiled else ""))
+                lines.append(per_t(f"{a.name}[t] = {a.init};"))
         else:
             lines.append(f"{a.ctype} {a.name}" + (f" = {a.init};" if a.init else ";"))
     load = f"const {t_in} x = {ctx.ins[0]}[ob + {roff} + {pos}];"
@@ -116,7 +125,8 @@ def _walk(ctx: KernelContext, axes: tuple[int, ...], accs: list[Acc], steps: lis
         if not step.each:
             lines.append(per_t(fill(step.code)))
             continue
-        body = per_t(f"{load} {fill(step.code)}")
+        code = fill(step.code)
+        body = per_t(f"{load} {code}" if re.search(r"\bx\b", code) else code)
         for j in reversed(range(len(red))):
             body = f"for (int64_t r{j} = 0; r{j} < {red[j][0]}; ++r{j}) {{\n{body}\n}}"
         lines.append(body)
@@ -128,3 +138,237 @@ def _walk(ctx: KernelContext, axes: tuple[int, ...], accs: list[Acc], steps: lis
         body = f"for (int64_t t0 = 0; t0 < {inner}; t0 += {width}) {{\n{body}\n}}"
     n_outer = math.prod(n for n, _ in kept)
     return f"for (int64_t o = 0; o < {n_outer}; ++o) {{\n{body}\n}}"
+
+
+# ---- reductions -------------------------------------------------------------------------------
+
+
+def _wide(dtype: str) -> str:
+    """The accumulator type of sums and products: double for floats, wrapping uint64_t else."""
+    return "double" if is_float(dtype) else "uint64_t"
+
+
+def _as_double(acc: str, dtype: str) -> str:
+    """The value of a `_wide` accumulator as a double (signed integers through int64_t)."""
+    signed = np.dtype(dtype).kind == "i"
+    return f"(double)(int64_t){acc}" if signed else f"(double){acc}"
+
+
+def _magnitude(dtype: str) -> str:
+    """C expression: |x| in the `_wide` type (no overflow for the most negative integer)."""
+    kind = np.dtype(dtype).kind
+    if kind == "f":
+        return "fabs((double)x)"
+    if kind == "i":
+        return "(x < 0 ? (uint64_t)0 - (uint64_t)x : (uint64_t)x)"
+    return "(uint64_t)x"
+
+
+def _mean(dtype: str, count: int) -> str:
+    t = ctype(dtype)
+    if count == 0:
+        return lit(0, dtype)
+    if is_float(dtype):
+        return f"({t})($s / {float(count)!r})"
+    if np.dtype(dtype).kind == "i":
+        return f"({t})((int64_t)$s / INT64_C({count}))"
+    return f"({t})($s / UINT64_C({count}))"
+
+
+def _extreme(dtype: str, largest: bool) -> tuple[str, str]:
+    """(initial value, update of $m) of a max (largest) or min reduction; NaN propagates."""
+    cmp = ">" if largest else "<"
+    if dtype == "bool":
+        return lit(not largest, dtype), f"$m = x {cmp} $m ? x : $m;"
+    if is_float(dtype):
+        init = lit(-math.inf if largest else math.inf, dtype)
+        return init, f"$m = (x {cmp} $m || x != x) ? x : $m;"
+    info = np.iinfo(dtype)
+    init = lit(info.min if largest else info.max, dtype)
+    return init, f"$m = x {cmp} $m ? x : $m;"
+
+
+def _reduction_body(op: str, ctx: KernelContext) -> tuple[list[Acc], list[Step], str]:
+    """Accumulators, passes and final value of reduction `op`."""
+    dtype = ctx.in_types[0].dtype
+    t, wide = ctype(dtype), _wide(dtype)
+    shape = ctx.in_types[0].shape
+    count = math.prod(shape[a] for a in ctx.attrs["axes"])
+    total = [Acc("s", wide, "0")]
+    if op in ("reduce_max", "reduce_min"):
+        init, update = _extreme(dtype, op == "reduce_max")
+        return [Acc("m", t, init)], [Step(update)], "$m"
+    if op == "reduce_log_sum_exp":
+        accs = [Acc("m", "double", "(-INFINITY)"), Acc("s", "double", "0.0")]
+        steps = [Step("$m = ((double)x > $m || x != x) ? (double)x : $m;"),
+                 Step("$m = isinf($m) ? 0.0 : $m;", each=False),  # the shift; inf stays finite
+                 Step("$s += exp((double)x - $m);")]
+        return accs, steps, f"({t})(log($s) + $m)"
+    if op == "reduce_prod":
+        return [Acc("s", wide, "1")], [Step(f"$s *= ({wide})x;")], f"({t})$s"
+    if op == "reduce_l2":
+        accs = [Acc("s", "double", "0.0")]
+        return accs, [Step("$s += (double)x * (double)x;")], f"({t})sqrt($s)"
+    updates = {
+        "reduce_sum": f"$s += ({wide})x;",
+        "reduce_mean": f"$s += ({wide})x;",
+        "reduce_log_sum": f"$s += ({wide})x;",
+        "reduce_l1": f"$s += {_magnitude(dtype)};",
+        "reduce_sum_square": f"$s += ({wide})x * ({wide})x;",
+    }
+    finals = {
+        "reduce_mean": _mean(dtype, count),
+        "reduce_log_sum": f"({t})log({_as_double('$s', dtype)})",
+    }
+    return total, [Step(updates[op])], finals.get(op, f"({t})$s")
+
+
+def _reduction_kernel(op: str) -> None:
+    def template(ctx: KernelContext) -> str:
+        accs, steps, final = _reduction_body(op, ctx)
+        return _walk(ctx, tuple(ctx.attrs["axes"]), accs, steps, final)
+
+    kernel(op)(template)
+
+
+for _op in REDUCTIONS:
+    _reduction_kernel(_op)
+
+
+# ---- argmax / argmin / softmax family -----------------------------------------------------------
+
+
+def _arg_update(dtype: str, largest: bool, last: bool) -> tuple[str, str]:
+    """(initial $v, step) keeping in $v, $k the best element so far and its index; NaN wins."""
+    cmp = ">" if largest else "<"
+    if is_float(dtype):
+        init = lit(-math.inf if largest else math.inf, dtype)
+        cond = f"x {cmp}= $v || x != x" if last else f"x {cmp} $v || (x != x && $v == $v)"
+    else:
+        info = np.iinfo(dtype)
+        init = lit(info.min if largest else info.max, dtype)
+        cond = f"x {cmp}= $v" if last else f"x {cmp} $v"
+    return init, f"if ({cond}) {{ $v = x; $k = $r; }}"
+
+
+def _arg_kernel(op: str, largest: bool) -> None:
+    def template(ctx: KernelContext) -> str:
+        dtype = ctx.in_types[0].dtype
+        init, step = _arg_update(dtype, largest, bool(ctx.attrs["select_last_index"]))
+        accs = [Acc("v", ctype(dtype), init), Acc("k", "int64_t", "0")]
+        return _walk(ctx, (ctx.attrs["axis"],), accs, [Step(step)], "$k")
+
+    kernel(op)(template)
+
+
+_arg_kernel("argmax", True)
+_arg_kernel("argmin", False)
+
+
+def _row_tile(ctx: KernelContext) -> int:
+    """Kept positions per tile for a softmax-like op so its scratch fits SCRATCH elements."""
+    return min(TILE, max(1, SCRATCH // max(1, ctx.in_types[0].shape[ctx.attrs["axis"]])))
+
+
+@kernel("softmax")
+def _softmax(ctx: KernelContext) -> str:
+    t, dtype = ctx.t(0), ctx.in_types[0].dtype
+    exp = mathfn("exp", dtype)
+    scratch = ctx.in_types[0].shape[ctx.attrs["axis"]] <= SCRATCH  # each exp computed once
+    accs = [Acc("m", t, lit(-math.inf, dtype)), Acc("s", "double", "0.0"), Acc("inv", t)]
+    steps = [Step("$m = x > $m ? x : $m;")]
+    if scratch:
+        accs.append(Acc("ex", t, per_element=True))
+        steps += [Step(f"{{ const {t} e = {exp}(x - $m); $ex = e; $s += e; }}"),
+                  Step(f"$inv = ({t})(1.0 / $s);", each=False),
+                  Step(ctx.store("$i", "$ex * $inv"))]
+    else:
+        steps += [Step(f"$s += {exp}(x - $m);"),
+                  Step(f"$inv = ({t})(1.0 / $s);", each=False),
+                  Step(ctx.store("$i", f"{exp}(x - $m) * $inv"))]
+    return _walk(ctx, (ctx.attrs["axis"],), accs, steps, tile=_row_tile(ctx))
+
+
+@kernel("log_softmax")
+def _log_softmax(ctx: KernelContext) -> str:
+    t, dtype = ctx.t(0), ctx.in_types[0].dtype
+    accs = [Acc("m", t, lit(-math.inf, dtype)), Acc("s", "double", "0.0"), Acc("ls", t)]
+    steps = [Step("$m = x > $m ? x : $m;"),
+             Step(f"$s += {mathfn('exp', dtype)}(x - $m);"),
+             Step(f"$ls = ({t})log($s);", each=False),
+             Step(ctx.store("$i", "(x - $m) - $ls"))]
+    return _walk(ctx, (ctx.attrs["axis"],), accs, steps)
+
+
+@kernel("hardmax")
+def _hardmax(ctx: KernelContext) -> str:
+    dtype = ctx.in_types[0].dtype
+    init, step = _arg_update(dtype, True, False)
+    accs = [Acc("v", ctype(dtype), init), Acc("k", "int64_t", "0")]
+    store = ctx.store("$i", f"$r == $k ? {lit(1, dtype)} : {lit(0, dtype)}")
+    return _walk(ctx, (ctx.attrs["axis"],), accs, [Step(step), Step(store)])
+
+
+# ---- topk ---------------------------------------------------------------------------------------
+
+
+def _less(a: str, b: str, dtype: str) -> str:
+    """C condition a < b in the order NumPy sorts by (NaN above every number)."""
+    if is_float(dtype):
+        return f"({a} < {b} || ({a} == {a} && {b} != {b}))"
+    return f"({a} < {b})"
+
+
+@kernel("topk", epilogue=False)
+def _topk(ctx: KernelContext) -> str:
+    """Per slice along axis: a heap of the k best (root = worst) in the outputs, then heapsort.
+
+    The result is always sorted best first, equal values in index order.
+    """
+    shape, axis, k = ctx.in_types[0].shape, ctx.attrs["axis"], ctx.attrs["k"]
+    if ctx.out_types[0].numel == 0:
+        return ""
+    dtype, t = ctx.in_types[0].dtype, ctx.t(0)
+    n, inner = shape[axis], math.prod(shape[axis + 1:])
+    outer = math.prod(shape[:axis])
+
+    def at(j: str) -> str:
+        return f"({j}) * {inner}" if inner > 1 else j
+
+    def worse(p: str, q: str) -> str:  # heap entry p ranks below entry q
+        vp, vq, ip, iq = f"hv[{at(p)}]", f"hv[{at(q)}]", f"hi[{at(p)}]", f"hi[{at(q)}]"
+        lo, hi = (vp, vq) if ctx.attrs["largest"] else (vq, vp)
+        return f"({_less(lo, hi, dtype)} || (!{_less(hi, lo, dtype)} && {ip} > {iq}))"
+
+    def swap(p: str, q: str) -> str:
+        vp, vq, ip, iq = f"hv[{at(p)}]", f"hv[{at(q)}]", f"hi[{at(p)}]", f"hi[{at(q)}]"
+        return (f"{{ const {t} tv = {vp}; {vp} = {vq}; {vq} = tv;\n"
+                f"  const int64_t ti = {ip}; {ip} = {iq}; {iq} = ti; }}")
+
+    def sift(start: str, size: str) -> str:  # move entry `start` down to its place
+        return (
+            f"{{ int64_t p = {start};\n"
+            f"  for (int64_t c = 2 * p + 1; c < {size}; c = 2 * p + 1) {{\n"
+            f"    if (c + 1 < {size} && {worse('c + 1', 'c')}) c += 1;\n"
+            f"    if (!{worse('c', 'p')}) break;\n"
+            f"    {swap('p', 'c')}\n"
+            f"    p = c;\n  }} }}"
+        )
+
+    better = _less("hv[0]", "v", dtype) if ctx.attrs["largest"] else _less("v", "hv[0]", dtype)
+    return f"""for (int64_t a = 0; a < {outer * inner}; ++a) {{
+const int64_t q = a / {inner}, b = a % {inner};
+const {t}* xs = {ctx.ins[0]} + q * {n * inner} + b;
+{t}* hv = {ctx.outs[0]} + q * {k * inner} + b;
+int64_t* hi = {ctx.outs[1]} + q * {k * inner} + b;
+for (int64_t j = 0; j < {k}; ++j) {{ hv[{at('j')}] = xs[{at('j')}]; hi[{at('j')}] = j; }}
+for (int64_t j = {k // 2 - 1}; j >= 0; --j) {sift('j', str(k))}
+for (int64_t j = {k}; j < {n}; ++j) {{
+  const {t} v = xs[{at('j')}];
+  if ({better}) {{ hv[0] = v; hi[0] = j; {sift('0', str(k))} }}
+}}
+for (int64_t e = {k - 1}; e > 0; --e) {{
+  {swap('0', 'e')}
+  {sift('0', 'e')}
+}}
+}}"""

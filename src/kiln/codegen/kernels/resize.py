@@ -55,14 +55,13 @@ def _weighted_sum(ctx: KernelContext, taps: dict[int, AxisTaps], base: str) -> l
 
 
 def _convert(acc: str, dtype: str, ct: str) -> list[str]:
-    """Statements turning the double acc into `value` of dtype (ints round and saturate)."""
+    """The statement turning the double acc into `value` of dtype (ints truncate, saturate)."""
     if dtype in ("float32", "float64"):
         return [f"const {ct} value = ({ct}){acc};"]
     info = np.iinfo(dtype)
     lo, hi = lit(info.min, dtype), lit(info.max, dtype)
-    return [f"const double r = nearbyint({acc});",
-            f"const {ct} value = r != r ? 0 : (r <= (double){lo} ? {lo} : "
-            f"(r >= (double){hi} ? {hi} : ({ct})r));"]
+    return [f"const {ct} value = {acc} != {acc} ? 0 : ({acc} <= (double){lo} ? {lo} : "
+            f"({acc} >= (double){hi} ? {hi} : ({ct}){acc}));"]
 
 
 @kernel("resize")

@@ -15,7 +15,6 @@ import numpy as np
 
 from ....errors import ShapeError
 from ....ir import Value
-from ....ops.common import normalize_axis
 from ..registry import ConvertContext, converter
 
 
@@ -52,8 +51,10 @@ def _const_int(cx: ConvertContext, i: int, what: str, default: int) -> int:
 @converter("CumSum")
 def _cumsum(cx: ConvertContext) -> list[Value]:
     x = cx.input(0)
-    axis = normalize_axis(_const_int(cx, 1, "axis", 0), x.type.rank) if x.type.rank else 0
-    attrs = {"axis": axis, "exclusive": bool(cx.attr("exclusive", 0)),
+    axis = _const_int(cx, 1, "axis", 0)
+    if not -x.type.rank <= axis < x.type.rank:
+        raise ShapeError(f"{cx.where()}: axis {axis} out of range for input {x.type}")
+    attrs = {"axis": axis % x.type.rank, "exclusive": bool(cx.attr("exclusive", 0)),
              "reverse": bool(cx.attr("reverse", 0))}
     return [cx.emit1("cumsum", [x], attrs)]
 
@@ -81,10 +82,13 @@ def _parse_einsum(equation: str, ranks: list[int]) -> tuple[list[Labels], Labels
     ell = max([s for t, s in zip(terms, spans, strict=True) if "..." in t], default=0)
     ell_labels = [str(d) for d in range(ell)]
     inputs = []
+    for term, span, rank in zip(terms + [rhs], spans, ranks, strict=False):
+        if any(c not in string.ascii_letters for c in term.replace("...", "")):
+            raise ShapeError(f"einsum equation '{equation}': term '{term}' has characters "
+                             "other than letters and '...'")
     for term, span, rank in zip(terms, spans, ranks, strict=True):
         labels = _expand(term, ell_labels[ell - span:] if span >= 0 else [])
-        if len(labels) != rank or any(c not in string.ascii_letters for c in term.replace(
-                "...", "")):
+        if len(labels) != rank:
             raise ShapeError(f"einsum term '{term}' of equation '{equation}' does not fit an "
                              f"operand of rank {rank}")
         inputs.append(labels)

@@ -67,7 +67,9 @@ def _resize_attrs(cx: ConvertContext, x: Value, axes: list[int], *, scales: list
     else:
         if any(s <= 0 for s in scales):
             raise ShapeError(f"{cx.where()}: scales must be positive, got {scales}")
-        out, used = [int(s * shape[a]) for s, a in zip(scales, axes, strict=True)], scales
+        # floor(dim * scale) in float32, as onnx shape inference and onnxruntime compute it
+        out = [int(np.float32(s) * np.float32(shape[a])) for s, a in zip(scales, axes, strict=True)]
+        used = scales
     if roi is not None and len(roi) != 2 * len(axes):
         raise ShapeError(f"{cx.where()}: roi {roi} must have 2 values per resized axis "
                          f"({len(axes)})")

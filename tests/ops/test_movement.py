@@ -1,0 +1,479 @@
+"""Movement ops (reshapes, shape queries, constants, copies, gathers, pads): kiln vs onnxruntime.
+
+Each case runs the compiled C kernels (inputs fed at run time) and, for most, the constant
+folding path too (the same inputs as initializers, evaluated by the NumPy reference).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import kiln
+from kiln.errors import ShapeError, UnsupportedOpError
+from tests.util import check_against_ort, kiln_run, ort_run
+
+RNG = np.random.default_rng(0)
+DTYPES = ["float32", "float64", "int8", "int32", "int64", "uint8", "bool"]
+
+
+def _data(shape: tuple[int, ...], dtype: str = "float32") -> np.ndarray:
+    if dtype == "bool":
+        return RNG.integers(0, 2, shape).astype(bool)
+    if np.dtype(dtype).kind == "f":
+        return RNG.standard_normal(shape).astype(dtype)
+    return RNG.integers(0 if dtype.startswith("u") else -9, 10, shape).astype(dtype)
+
+
+def _i64(*values: int) -> np.ndarray:
+    return np.array(values, dtype=np.int64)
+
+
+def _model(op: str, feeds: dict[str, np.ndarray], consts: dict | None = None, *, opset: int,
+           names: list[str] | None = None, outputs: int = 1, **attrs) -> onnx.ModelProto:
+    """A one-node model: feeds are graph inputs, consts initializers; names orders the node's
+    inputs (default: feeds then consts, '' for an absent optional input)."""
+    consts = consts or {}
+    node = helper.make_node(op, names if names is not None else [*feeds, *consts],
+                            [f"y{k}" for k in range(outputs)], **attrs)
+    graph = helper.make_graph(
+        [node], op.lower(),
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+         for n, a in feeds.items()],
+        [helper.make_empty_tensor_value_info(f"y{k}") for k in range(outputs)],
+        [numpy_helper.from_array(np.asarray(a), n) for n, a in consts.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+def _folded(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Import model with feeds baked in as initializers: every output must fold to a param."""
+    baked = onnx.ModelProto()
+    baked.CopyFrom(model)
+    baked.graph.initializer.extend(numpy_helper.from_array(a, n) for n, a in feeds.items())
+    kept = [i for i in baked.graph.input if i.name not in feeds]
+    del baked.graph.input[:]
+    baked.graph.input.extend(kept)
+    mod, params = kiln.from_onnx(baked)
+    assert not mod.graph.nodes, f"not folded: {mod.graph.nodes}"
+    return [params[v.name] for v in mod.graph.outputs]
+
+
+def _check(op: str, feeds: dict[str, np.ndarray], consts: dict | None = None, *, opset: int,
+           fold: bool = True, **kw) -> None:
+    """Compiled kernels vs onnxruntime; with fold, the constant-folded result too."""
+    model = _model(op, feeds, consts, opset=opset, **kw)
+    check_against_ort(model, feeds)
+    if fold:
+        for got, want in zip(_folded(model, feeds), ort_run(model, feeds), strict=True):
+            assert got.shape == want.shape and got.dtype == want.dtype
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+# Transpose, Concat, Split ------------------------------------------------------------------
+
+@pytest.mark.parametrize("perm", [None, (0, 2, 1), (2, 0, 1), (1, 2, 0)])
+def test_transpose(perm):
+    attrs = {} if perm is None else {"perm": perm}
+    _check("Transpose", {"x": _data((2, 3, 4))}, opset=13, **attrs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_transpose_dtypes(dtype):
+    _check("Transpose", {"x": _data((2, 1, 3, 5), dtype)}, opset=13, fold=False,
+           perm=(3, 1, 0, 2))
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+@pytest.mark.parametrize("opset", [7, 13])
+def test_concat(axis, opset):
+    shapes = [(2, 3, 4), (2, 3, 4), (2, 3, 4)]
+    shapes = [s[:axis % 3] + (k + 1,) + s[axis % 3 + 1:] for k, s in enumerate(shapes)]
+    feeds = {"a": _data(shapes[0]), "b": _data(shapes[1])}
+    _check("Concat", feeds, {"c": _data(shapes[2])}, opset=opset, axis=axis)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_concat_dtypes_with_empty_input(dtype):
+    feeds = {"a": _data((2, 0), dtype), "b": _data((2, 3), dtype), "c": _data((2, 1), dtype)}
+    _check("Concat", feeds, opset=13, fold=False, axis=1)
+
+
+def test_split_attr_opset11():
+    _check("Split", {"x": _data((2, 6, 2))}, opset=11, outputs=3, axis=1, split=[1, 2, 3])
+
+
+def test_split_equal_default():
+    _check("Split", {"x": _data((6, 2), "int64")}, opset=13, outputs=3)
+
+
+def test_split_input_opset13_with_zero_size_part():
+    _check("Split", {"x": _data((2, 5))}, {"s": _i64(2, 0, 3)}, opset=13, outputs=3, axis=-1)
+
+
+def test_split_num_outputs_uneven_opset18():
+    _check("Split", {"x": _data((7, 3))}, opset=18, outputs=3, num_outputs=3)
+
+
+def test_split_sizes_must_add_up():
+    model = _model("Split", {"x": _data((5,))}, {"s": _i64(2, 2)}, opset=13, outputs=2)
+    with pytest.raises(ShapeError, match="do not add up"):
+        kiln.from_onnx(model)
+
+
+def test_concat_mismatched_dims():
+    model = _model("Concat", {"a": _data((2, 3)), "b": _data((3, 3))}, opset=13, axis=1)
+    with pytest.raises(ShapeError, match="cannot concat"):
+        kiln.from_onnx(model)
+
+
+def test_transpose_bad_perm():
+    with pytest.raises(ShapeError, match="not a permutation"):
+        kiln.from_onnx(_model("Transpose", {"x": _data((2, 3))}, opset=13, perm=[0, 0]))
+
+
+# Slice ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("starts,ends,axes,steps", [
+    ((1, 0), (3, 10), (0, 1), (1, 1)),
+    ((-1,), (-1000,), (1,), (-1,)),  # reversed
+    ((10, -2), (0, -100), (1, 2), (-2, -1)),
+    ((0, 1), (2**63 - 1, 2**63 - 1), (-3, -1), (2, 3)),  # int64 max ends
+    ((-2**63,), (2**63 - 1,), (0,), (1,)),
+    ((3,), (1,), (2,), (1,)),  # empty
+])
+def test_slice(starts, ends, axes, steps):
+    consts = {"s": _i64(*starts), "e": _i64(*ends), "a": _i64(*axes), "t": _i64(*steps)}
+    _check("Slice", {"x": _data((4, 5, 6))}, consts, opset=13)
+
+
+def test_slice_default_axes_and_steps():
+    _check("Slice", {"x": _data((4, 5), "int32")}, {"s": _i64(1, -3), "e": _i64(3, -1)},
+           opset=10)
+
+
+def test_slice_attrs_opset9():
+    _check("Slice", {"x": _data((4, 5, 3), "uint8")}, opset=9, starts=[-3, 1], ends=[10, 2],
+           axes=[1, 2])
+
+
+def test_slice_zero_step():
+    consts = {"s": _i64(0), "e": _i64(2), "a": _i64(0), "t": _i64(0)}
+    with pytest.raises(ShapeError, match="step of axis 0 is 0"):
+        kiln.from_onnx(_model("Slice", {"x": _data((4,))}, consts, opset=13))
+
+
+# Gather, GatherElements, GatherND ------------------------------------------------------------
+
+@pytest.mark.parametrize("axis,indices", [
+    (0, np.array([0, 2, -1], np.int64)),
+    (1, np.array([[1, -4], [3, 0]], np.int32)),
+    (-1, np.array(2, np.int64)),  # scalar index drops the axis
+])
+def test_gather(axis, indices):
+    _check("Gather", {"x": _data((3, 4, 5)), "i": indices}, opset=13, axis=axis)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gather_dtypes_constant_table(dtype):
+    # the embedding pattern: constant table, run-time indices
+    feeds = {"i": np.array([[4, 0], [-1, 2]], np.int64)}
+    _check("Gather", feeds, {"t": _data((5, 3), dtype)}, opset=13, names=["t", "i"], fold=False)
+
+
+def test_gather_out_of_range_indices_are_clamped():
+    x, i = _data((4, 3)), np.array([7, -9, 1], np.int64)
+    (got,) = kiln_run(_model("Gather", {"x": x, "i": i}, opset=13), {"x": x, "i": i})
+    np.testing.assert_array_equal(got, x[[3, 0, 1]])
+
+
+def test_gather_float_indices_rejected():
+    model = _model("Gather", {"x": _data((3,)), "i": _data((2,))}, opset=13)
+    with pytest.raises(ShapeError, match="int32 or int64"):
+        kiln.from_onnx(model)
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_gather_elements(axis):
+    indices = RNG.integers(-3, 3, (3, 2, 4)).astype(np.int64)
+    _check("GatherElements", {"x": _data((3, 3, 4)), "i": indices}, opset=13, axis=axis)
+
+
+@pytest.mark.parametrize("batch_dims,data_shape,idx", [
+    (0, (2, 3, 4), np.array([[0, 1], [-1, 2]], np.int64)),
+    (0, (2, 3), np.array([[[1, 2]], [[0, 0]]], np.int64)),
+    (1, (2, 3, 4), np.array([[1], [2]], np.int64)),
+    (1, (2, 3, 4), np.array([[[0, 3], [2, -1]], [[1, 1], [0, 0]]], np.int64)),
+])
+def test_gather_nd(batch_dims, data_shape, idx):
+    _check("GatherND", {"x": _data(data_shape), "i": idx}, opset=13, batch_dims=batch_dims)
+
+
+# Expand, Tile, Pad ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape,target", [
+    ((3, 1), (2, 3, 4)), ((1, 4), (3, 1)), ((2, 3), (1,)), ((), (2, 2)), ((4, 1, 2), (4, 3, 1)),
+])
+def test_expand(shape, target):
+    _check("Expand", {"x": _data(shape, "int32")}, {"s": _i64(*target)}, opset=13)
+
+
+def test_expand_incompatible():
+    model = _model("Expand", {"x": _data((3,))}, {"s": _i64(2, 4)}, opset=13)
+    with pytest.raises(ShapeError, match="do not broadcast"):
+        kiln.from_onnx(model)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int64", "bool"])
+def test_tile(dtype):
+    _check("Tile", {"x": _data((2, 1, 3), dtype)}, {"r": _i64(2, 3, 1)}, opset=13)
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "edge", "wrap"])
+@pytest.mark.parametrize("pads", [(1, 0, 2, 0, 1, 2), (0, 2, 0, 1, 0, 0), (3, 3, 2, 3, 1, 3)])
+def test_pad_modes(mode, pads):
+    if mode == "reflect" and max(pads) > 2:
+        pytest.skip("onnxruntime rejects reflect pads larger than the dim minus one")
+    consts = {"p": _i64(*pads), "v": np.array(1.5, np.float32)}
+    _check("Pad", {"x": _data((2, 3, 4))}, consts, opset=19, mode=mode)
+
+
+def test_pad_attrs_opset2_and_negative_pads():
+    _check("Pad", {"x": _data((3, 4))}, opset=2, pads=[1, -1, 0, 2], value=-2.0)
+
+
+def test_pad_int_dtype_default_value_opset11():
+    _check("Pad", {"x": _data((2, 3), "int32")}, {"p": _i64(1, 1, 0, 2)}, opset=11)
+
+
+def test_pad_axes_opset18():
+    consts = {"p": _i64(1, 2, 0, 1), "a": _i64(-1, 0)}
+    _check("Pad", {"x": _data((2, 3, 2))}, consts, opset=18, names=["x", "p", "", "a"])
+
+
+def test_pad_unknown_mode():
+    model = _model("Pad", {"x": _data((2, 3))}, {"p": _i64(1, 1, 1, 1)}, opset=13, mode="mirror")
+    with pytest.raises(UnsupportedOpError, match="mode 'mirror'"):
+        kiln.from_onnx(model)
+
+
+# DepthToSpace, SpaceToDepth, OneHot ----------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+def test_depth_to_space(mode):
+    _check("DepthToSpace", {"x": _data((2, 8, 2, 3))}, opset=13, blocksize=2, mode=mode)
+
+
+def test_space_to_depth():
+    _check("SpaceToDepth", {"x": _data((1, 3, 4, 6))}, opset=13, blocksize=2)
+
+
+def test_depth_to_space_channels_not_divisible():
+    model = _model("DepthToSpace", {"x": _data((1, 6, 2, 2))}, opset=13, blocksize=2)
+    with pytest.raises(ShapeError, match="not divisible"):
+        kiln.from_onnx(model)
+
+
+@pytest.mark.parametrize("axis", [-1, 0, 1])
+def test_one_hot(axis):
+    indices = np.array([[0, 3, -1], [9, -5, 2]], np.int64)
+    consts = {"d": np.array(4.0, np.float32), "v": np.array([-1, 5], np.int32)}
+    _check("OneHot", {"i": indices}, consts, opset=11, axis=axis)
+
+
+def test_one_hot_float_indices_runtime_values():
+    feeds = {"i": np.array([1.0, 0.0, 2.7], np.float32), "v": np.array([0.5, 2.0], np.float32)}
+    _check("OneHot", feeds, {"d": _i64(3)}, opset=11, names=["i", "d", "v"])
+
+
+# Reshape, Flatten, Squeeze, Unsqueeze (all become the reshape view) --------------------------
+
+@pytest.mark.parametrize("target,allowzero", [
+    ((4, -1), 0), ((0, 0, 2, 2), 0), ((-1,), 0), ((2, 0, 6), 0), ((3, 0), 1),
+])
+def test_reshape(target, allowzero):
+    shape = (0, 4) if allowzero else (2, 3, 4)
+    _check("Reshape", {"x": _data(shape)}, {"s": _i64(*target)}, opset=14, allowzero=allowzero)
+
+
+def test_reshape_bad_target():
+    model = _model("Reshape", {"x": _data((2, 3))}, {"s": _i64(4, -1)}, opset=13)
+    with pytest.raises(ShapeError, match="cannot reshape"):
+        kiln.from_onnx(model)
+
+
+@pytest.mark.parametrize("axis,opset", [(0, 9), (2, 9), (3, 13), (-1, 13)])
+def test_flatten(axis, opset):
+    _check("Flatten", {"x": _data((2, 3, 2))}, opset=opset, axis=axis)
+
+
+def test_squeeze_and_unsqueeze_attrs_opset11():
+    _check("Squeeze", {"x": _data((1, 3, 1, 2))}, opset=11, axes=[0, -2])
+    _check("Squeeze", {"x": _data((1, 3, 1))}, opset=11)
+    _check("Unsqueeze", {"x": _data((3, 2))}, opset=11, axes=[-1, 0])
+
+
+def test_squeeze_and_unsqueeze_inputs_opset13():
+    _check("Squeeze", {"x": _data((1, 3, 1, 2), "int64")}, {"a": _i64(2)}, opset=13)
+    _check("Unsqueeze", {"x": _data((3, 2), "bool")}, {"a": _i64(3, 1, 0)}, opset=13)
+
+
+def test_squeeze_non_unit_axis():
+    model = _model("Squeeze", {"x": _data((1, 3))}, {"a": _i64(1)}, opset=13)
+    with pytest.raises(ShapeError, match="not all 1"):
+        kiln.from_onnx(model)
+
+
+def test_views_emit_only_reshape():
+    model = _model("Flatten", {"x": _data((2, 3, 4))}, opset=13, axis=2)
+    mod, _ = kiln.from_onnx(model)
+    assert [n.op for n in mod.graph.nodes] == ["reshape"]
+
+
+# Identity, Dropout ---------------------------------------------------------------------------
+
+def test_identity():
+    _check("Identity", {"x": _data((2, 3), "int32")}, opset=13)
+
+
+@pytest.mark.parametrize("opset", [7, 10, 13])
+def test_dropout_inference_with_mask(opset):
+    model = _model("Dropout", {"x": _data((2, 3))}, opset=opset, outputs=2)
+    check_against_ort(model, {"x": _data((2, 3))})
+
+
+def test_dropout_ratio_and_training_false():
+    consts = {"r": np.array(0.3, np.float32), "t": np.array(False)}
+    _check("Dropout", {"x": _data((4,))}, consts, opset=13)
+
+
+def test_dropout_training_mode_rejected():
+    consts = {"r": np.array(0.3, np.float32), "t": np.array(True)}
+    with pytest.raises(UnsupportedOpError, match="training_mode"):
+        kiln.from_onnx(_model("Dropout", {"x": _data((4,))}, consts, opset=13))
+
+
+# Constants and shape queries -----------------------------------------------------------------
+
+@pytest.mark.parametrize("attrs", [
+    {"value": numpy_helper.from_array(np.arange(6, dtype=np.int32).reshape(2, 3))},
+    {"value_float": 2.5}, {"value_floats": [1.0, -2.0]}, {"value_int": 7},
+    {"value_ints": [3, 4, 5]},
+])
+def test_constant(attrs):
+    model = _model("Constant", {}, opset=13, names=[], **attrs)
+    for got, want in zip(kiln_run(model, {}), ort_run(model, {}), strict=True):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+
+
+def test_constant_sparse_rejected():
+    sparse = helper.make_sparse_tensor(helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]),
+                                       helper.make_tensor("i", TensorProto.INT64, [1], [0]), [3])
+    model = _model("Constant", {}, opset=13, names=[], sparse_value=sparse)
+    with pytest.raises(UnsupportedOpError, match="sparse_value"):
+        kiln.from_onnx(model)
+
+
+@pytest.mark.parametrize("attrs", [{}, {"start": 1}, {"end": -1}, {"start": -2, "end": 10}])
+def test_shape(attrs):
+    model = _model("Shape", {"x": _data((2, 3, 4))}, opset=15, **attrs)
+    mod, _ = kiln.from_onnx(model)
+    assert not mod.graph.nodes
+    check_against_ort(model, {"x": _data((2, 3, 4))})
+
+
+def test_size():
+    model = _model("Size", {"x": _data((2, 3, 4))}, opset=13)
+    mod, params = kiln.from_onnx(model)
+    (want,) = ort_run(model, {"x": _data((2, 3, 4))})
+    got = params[mod.graph.outputs[0].name]
+    assert got.shape == want.shape and got.dtype == want.dtype and got == want
+
+
+@pytest.mark.parametrize("value", [None, np.array([7], np.int32), np.array([0.5], np.float64)])
+def test_constant_of_shape(value):
+    attrs = {} if value is None else {"value": numpy_helper.from_array(value)}
+    model = _model("ConstantOfShape", {}, {"s": _i64(2, 3)}, opset=13, **attrs)
+    for got, want in zip(kiln_run(model, {}), ort_run(model, {}), strict=True):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("start,limit,delta", [
+    (np.int32(10), np.int32(4), np.int32(-3)), (np.float32(1.0), np.float32(5.0), np.float32(0.7)),
+    (np.int64(0), np.int64(-3), np.int64(1)),
+])
+def test_range(start, limit, delta):
+    consts = {"a": np.array(start), "b": np.array(limit), "c": np.array(delta)}
+    model = _model("Range", {}, consts, opset=11)
+    for got, want in zip(kiln_run(model, {}), ort_run(model, {}), strict=True):
+        assert got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_range_needs_constant_inputs():
+    model = _model("Range", {"a": np.array(0, np.int64)}, {"b": _i64(5), "c": _i64(1)},
+                   opset=11)
+    with pytest.raises(UnsupportedOpError, match="must be known at compile time"):
+        kiln.from_onnx(model)
+
+
+# Shape-computation chains fold completely ----------------------------------------------------
+
+def _graph_model(nodes: list, x_shape: tuple[int, ...], inits: list) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_empty_tensor_value_info("y")], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def test_shape_gather_unsqueeze_concat_reshape_folds():
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "zero_axes"], ["n1"]),
+        helper.make_node("Concat", ["n1", "minus_one"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["r"]),
+        helper.make_node("Relu", ["r"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(np.array(0, np.int64), "zero"),
+             numpy_helper.from_array(_i64(0), "zero_axes"),
+             numpy_helper.from_array(_i64(-1), "minus_one")]
+    model = _graph_model(nodes, (2, 3, 4), inits)
+    mod, _ = kiln.from_onnx(model)
+    assert [n.op for n in mod.graph.nodes] == ["reshape", "relu"]
+    check_against_ort(model, {"x": _data((2, 3, 4))})
+
+
+def test_yolo_shape_slice_concat_reshape_folds():
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Slice", ["s", "start", "end"], ["hw"]),
+        helper.make_node("Concat", ["lead", "hw"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["r"]),
+        helper.make_node("Transpose", ["r"], ["y"], perm=[0, 1, 3, 4, 2]),
+    ]
+    inits = [numpy_helper.from_array(_i64(2), "start"), numpy_helper.from_array(_i64(4), "end"),
+             numpy_helper.from_array(_i64(1, 3, 5), "lead")]
+    model = _graph_model(nodes, (1, 15, 4, 6), inits)
+    mod, _ = kiln.from_onnx(model)
+    assert [n.op for n in mod.graph.nodes] == ["reshape", "transpose"]
+    check_against_ort(model, {"x": _data((1, 15, 4, 6))})
+
+
+def test_epilogue_fuses_into_movement_kernels():
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0]),
+        helper.make_node("Relu", ["t"], ["r"]),
+        helper.make_node("Concat", ["r", "r"], ["c"], axis=0),
+        helper.make_node("Add", ["c", "b"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(_data((3,)), "b")]
+    graph = helper.make_graph(
+        nodes, "fuse", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (3, 2))],
+        [helper.make_empty_tensor_value_info("y")], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    check_against_ort(model, {"x": _data((3, 2))})
