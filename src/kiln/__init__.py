@@ -13,6 +13,7 @@ from .errors import (
     InputError,
     KilnError,
     ModelImportError,
+    NotConstantError,
     ShapeError,
     UnsupportedOpError,
     VerificationError,
@@ -35,6 +36,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "CompatibilityError", "CompileError", "Device", "ExportError", "FormatError", "GraphModule",
-    "InputError", "KilnError", "Library", "ModelImportError", "ShapeError", "UnsupportedOpError",
+    "InputError", "KilnError", "Library", "ModelImportError", "NotConstantError", "ShapeError", "UnsupportedOpError",
     "VerificationError", "__version__", "build", "cpu", "device", "from_onnx", "load_module",
 ]

@@ -12,6 +12,14 @@ class UnsupportedOpError(KilnError):
     """The model uses operators (or operator forms) kiln cannot compile."""
 
 
+class NotConstantError(UnsupportedOpError):
+    """A value an op needs at compile time (a shape, axes, pads...) depends on model inputs."""
+
+    def __init__(self, message: str, value_name: str = "") -> None:
+        super().__init__(message)
+        self.value_name = value_name
+
+
 class ShapeError(KilnError):
     """A shape or dtype is unknown, inconsistent or not what an operator expects."""
 

@@ -1,6 +1,9 @@
 """kiln as an onnx.backend.base.Backend, so ONNX's own node test suite can run against it.
 
-A model is compiled when first run, for the shapes of the inputs it is given.
+kiln compiles for static shapes, so a model is compiled when first run, for the shapes of
+the inputs it is given. A model input that an op needs at compile time (Reshape's shape,
+Resize's scales, Slice's starts...) is baked in as a constant from the value given, and the
+compiled module is reused only for that same value.
 """
 
 from __future__ import annotations
@@ -9,11 +12,24 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 from onnx.backend.base import Backend, BackendRep
 
 from .compiler import build
+from .errors import NotConstantError
 from .frontend.onnx import from_onnx
 from .runtime import GraphModule, cpu
+
+
+def _freeze(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of model whose inputs named in values are initializers with those values."""
+    frozen = onnx.ModelProto()
+    frozen.CopyFrom(model)
+    kept = [i for i in frozen.graph.input if i.name not in values]
+    del frozen.graph.input[:]
+    frozen.graph.input.extend(kept)
+    frozen.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in values.items())
+    return frozen
 
 
 class KilnRep(BackendRep):
@@ -21,9 +37,23 @@ class KilnRep(BackendRep):
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model
-        self.inputs = [i.name for i in model.graph.input
-                       if i.name not in {init.name for init in model.graph.initializer}]
+        initializers = {init.name for init in model.graph.initializer}
+        self.inputs = [i.name for i in model.graph.input if i.name not in initializers]
+        self.baked: set[str] = set()
         self._modules: dict[tuple, GraphModule] = {}
+
+    def _compile(self, feeds: dict[str, np.ndarray]) -> GraphModule:
+        while True:
+            frozen = _freeze(self.model, {k: feeds[k] for k in self.baked})
+            shapes = {n: a.shape for n, a in feeds.items() if n not in self.baked}
+            try:
+                mod, params = from_onnx(frozen, shapes=shapes)
+                break
+            except NotConstantError as e:
+                if e.value_name not in feeds or e.value_name in self.baked:
+                    raise
+                self.baked.add(e.value_name)
+        return GraphModule(build(mod, params=params, progress=False)["default"](cpu(0)))
 
     def run(self, inputs: Any, **kwargs: Any) -> tuple[np.ndarray, ...]:
         if isinstance(inputs, dict):
@@ -31,13 +61,12 @@ class KilnRep(BackendRep):
         else:
             arrays = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
             feeds = {n: np.asarray(a) for n, a in zip(self.inputs, arrays, strict=False)}
-        key = tuple((n, a.shape, a.dtype.name) for n, a in sorted(feeds.items()))
+        key = tuple((n, a.shape, a.dtype.name, a.tobytes() if n in self.baked else b"")
+                    for n, a in sorted(feeds.items()))
         if key not in self._modules:
-            mod, params = from_onnx(self.model, shapes={n: a.shape for n, a in feeds.items()})
-            lib = build(mod, params=params, progress=False)
-            self._modules[key] = GraphModule(lib["default"](cpu(0)))
+            self._modules[key] = self._compile(feeds)
         gmod = self._modules[key]
-        gmod.set_input(**feeds)
+        gmod.set_input(**{k: v for k, v in feeds.items() if k not in self.baked})
         gmod.run()
         return tuple(gmod.get_output(i) for i in range(gmod.get_num_outputs()))
 

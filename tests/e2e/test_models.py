@@ -1,8 +1,8 @@
 """Compile realistic models, export them, run them in a fresh process, compare with onnxruntime.
 
-Each model is compiled and exported once per session (module-scoped fixture); the exported
-library is then loaded by a new Python process that imports only kiln's runtime, as a
-deployment would.
+Each model is compiled and exported once per test process (a module-scoped fixture); the
+exported library is then loaded by a new Python process that imports only kiln's runtime,
+as a deployment would.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import onnx
 import pytest
 
 import kiln
+from kiln.export.factory import FactoryModule
+from kiln.ir import Module
 from kiln.ops import VIEW, get_op
 from kiln.passes.pipeline import optimize
 from tests.e2e.models import MODELS
@@ -25,9 +27,9 @@ from tests.util import ort_run
 
 pytestmark = pytest.mark.e2e
 
-# Tolerances beyond the default 1e-4 (rtol and atol), each with its measured reason.
-TOLERANCE: dict[str, float] = {}
-DEFAULT_TOLERANCE = 1e-4
+# rtol = atol for every model: the largest absolute difference measured was 2e-6
+# (detector_head), so float accumulation order needs nothing looser.
+TOLERANCE = 1e-4
 
 # Runs in a fresh interpreter: argv = library, inputs .npz, outputs .npz.
 RUNNER = """
@@ -53,19 +55,32 @@ class Built:
 
     model: onnx.ModelProto
     inputs: dict[str, np.ndarray]
-    module: kiln.ir.Module
-    factory: kiln.export.factory.FactoryModule
+    module: Module
+    factory: FactoryModule
     library: Path
 
 
-@pytest.fixture(scope="module", params=sorted(MODELS))
-def built(request, tmp_path_factory) -> Built:
-    model, inputs = MODELS[request.param]()
-    mod, params = kiln.from_onnx(model, shapes={k: v.shape for k, v in inputs.items()})
-    factory = kiln.build(mod, params=params, progress=False)
-    path = tmp_path_factory.mktemp(request.param) / "model.so"
-    factory.export_library(path)
-    return Built(model, inputs, mod.bind(params), factory, path)
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    """A function: model name -> Built, compiling and exporting each model once."""
+    done: dict[str, Built] = {}
+
+    def get(name: str) -> Built:
+        if name not in done:
+            model, inputs = MODELS[name]()
+            mod, params = kiln.from_onnx(model, shapes={k: v.shape for k, v in inputs.items()})
+            factory = kiln.build(mod, params=params, progress=False)
+            path = tmp_path_factory.mktemp(name) / "model.so"
+            factory.export_library(path)
+            done[name] = Built(model, inputs, mod.bind(params), factory, path)
+        return done[name]
+
+    return get
+
+
+@pytest.fixture(params=sorted(MODELS))
+def built(request, build) -> Built:
+    return build(request.param)
 
 
 def run_in_fresh_process(library: Path, inputs: dict[str, np.ndarray],
@@ -89,10 +104,9 @@ def test_matches_onnxruntime_in_fresh_process(built: Built, tmp_path: Path) -> N
     assert report["compiler_modules"] == [], "the runtime imported compiler modules"
     assert report["outputs"] == [o.name for o in built.model.graph.output]
     assert len(got) == len(expected)
-    tol = TOLERANCE.get(built.model.graph.name, DEFAULT_TOLERANCE)
     for name, g, e in zip(report["outputs"], got, expected, strict=True):
         assert (g.shape, g.dtype) == (e.shape, e.dtype), name
-        np.testing.assert_allclose(g, e, rtol=tol, atol=tol, err_msg=f"output {name}")
+        np.testing.assert_allclose(g, e, rtol=TOLERANCE, atol=TOLERANCE, err_msg=f"output {name}")
 
 
 def test_signature(built: Built) -> None:
@@ -108,6 +122,30 @@ def test_signature(built: Built) -> None:
     assert gmod.get_num_outputs() == len(outputs)
 
 
+def _other_inputs(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Different valid inputs: fresh floats; integer inputs (ids, masks) rolled along."""
+    rng = np.random.default_rng(99)
+    return {k: rng.standard_normal(a.shape).astype(a.dtype) if a.dtype.kind == "f"
+            else np.roll(a, 3) for k, a in inputs.items()}
+
+
+def test_executors_are_independent_and_rerunnable(built: Built) -> None:
+    """Two executors of one library keep separate state; a rerun with new inputs is exact."""
+    lib = kiln.load_module(built.library)
+    first, second = (kiln.GraphModule(lib["default"](kiln.cpu(0))) for _ in range(2))
+    other = _other_inputs(built.inputs)
+    first.run(**built.inputs)
+    second.run(**other)
+    before = [first.get_output(k) for k in range(first.get_num_outputs())]
+    first.run(**other)
+    for k, expected in enumerate(ort_run(built.model, other)):
+        np.testing.assert_allclose(first.get_output(k), expected, rtol=TOLERANCE, atol=TOLERANCE)
+        np.testing.assert_array_equal(first.get_output(k), second.get_output(k))
+    first.run(**built.inputs)
+    for k, out in enumerate(before):
+        np.testing.assert_array_equal(first.get_output(k), out)
+
+
 def test_kernels_are_fused(built: Built) -> None:
     """Fewer kernels than (non-view) nodes in the optimized IR, and some multi-op kernel."""
     kernels = built.factory.compiled["default"].spec["kernels"]
@@ -116,10 +154,27 @@ def test_kernels_are_fused(built: Built) -> None:
     assert any("+" in k["label"] for k in kernels), [k["label"] for k in kernels]
 
 
-def test_memory_plan_reuses_buffers(built: Built) -> None:
-    if built.model.graph.name != "resnet18_like":
-        pytest.skip("checked on the deepest model only (resnet18_like)")
-    memory = built.factory.compiled["default"].spec["memory"]
+def _intersects(x: tuple[int, int], y: tuple[int, int]) -> bool:
+    """Whether the closed ranges x and y share a point."""
+    return x[0] <= y[1] and y[0] <= x[1]
+
+
+def test_memory_plan_is_sound(built: Built) -> None:
+    """Buffers alive at the same kernel step never overlap, and all lie inside the arena."""
+    spec = built.factory.compiled["default"].spec
+    buffers = spec["memory"]["buffers"]
+    steps = [(b["first"], b["last"]) for b in buffers]
+    spans = [(b["offset"], b["offset"] + b["size"] - 1) for b in buffers]
+    for k, (a_steps, a_span) in enumerate(zip(steps, spans, strict=True)):
+        assert 0 <= a_span[0] and a_span[1] < spec["arena_bytes"], buffers[k]
+        for j in range(k + 1, len(buffers)):
+            clash = _intersects(a_steps, steps[j]) and _intersects(a_span, spans[j])
+            assert not clash, (buffers[k], buffers[j])
+
+
+def test_memory_plan_reuses_buffers(build) -> None:
+    memory = build("resnet18_like").factory.compiled["default"].spec["memory"]
     assert 0 < memory["peak_bytes"] < memory["unplanned_bytes"], memory
-    # A chain of 20 convolutions: the arena holds a few activations, not all of them.
-    assert memory["peak_bytes"] < memory["unplanned_bytes"] / 2, memory
+    # At most three activations are alive at once (block input, branch, shortcut).
+    largest = max(b["size"] for b in memory["buffers"])
+    assert memory["peak_bytes"] <= 3 * largest, memory

@@ -157,6 +157,7 @@ def test_einsum_int64_matmul():
     ("ijk,jk->ik", "does not fit"),
     ("ij,jk->iz", "uses one no operand has"),
     ("ij->", "1 operands, the node 2 inputs"),
+    ("i1,jk->ik", "characters other than letters"),
 ])
 def test_einsum_errors(equation, match):
     feeds = {"a": _data((3, 4)), "b": _data((5, 2))}

@@ -9,6 +9,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import kiln
 from kiln.errors import ShapeError, UnsupportedOpError
+from kiln.passes.fuse import fuse
+from kiln.passes.pipeline import optimize
 from tests.util import check_against_ort, ort_run
 
 
@@ -19,13 +21,13 @@ def _model(op: str, x: np.ndarray, consts: dict[str, np.ndarray | None], opset: 
     while names[-1] == "":
         names.pop()
     inits = [numpy_helper.from_array(v, n) for n, v in consts.items() if v is not None]
-    inputs = [helper.make_tensor_value_info("x", helper.np_dtype_to_tensor_dtype(x.dtype), x.shape)]
+    elem = helper.np_dtype_to_tensor_dtype(x.dtype)
+    inputs = [helper.make_tensor_value_info("x", elem, x.shape)]
     if x_const:
         inits.append(numpy_helper.from_array(x, "x"))
         inputs = []
-    graph = helper.make_graph(
-        [helper.make_node(op, names, ["y"], **attrs)], "g", inputs,
-        [helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(x.dtype), None)], inits)
+    graph = helper.make_graph([helper.make_node(op, names, ["y"], **attrs)], "g", inputs,
+                              [helper.make_tensor_value_info("y", elem, None)], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                              ir_version=8)
 
@@ -130,6 +132,9 @@ def test_resize_epilogue_fuses():
     relu = helper.make_node("Relu", ["y"], ["z"])
     model.graph.node.append(relu)
     model.graph.output[0].name = "z"
+    mod, params = kiln.from_onnx(model)
+    groups = fuse(optimize(mod.bind(params)))
+    assert [(g.anchor.op, [n.op for n in g.chain]) for g in groups] == [("resize", ["relu"])]
     check_against_ort(model, {"x": X})
 
 
@@ -197,13 +202,15 @@ def test_resize_folds_constant_input():
     (_resize(X, scales=[1, 1, 2, 2], nearest_mode="up"), UnsupportedOpError, "nearest_mode"),
     (_resize(X, scales=[1, 2, 2]), ShapeError, "one value per resized axis"),
     (_resize(X, scales=[1, 1, -2, 2]), ShapeError, "scales must be positive"),
+    (_resize(X, scales=[1, 1, np.nan, 2]), ShapeError, "scales must be positive"),
+    (_resize(X, sizes=[9, 9], axes=[2, 4]), ShapeError, "axis 4 out of range"),
     (_resize(X, scales=[1, 1, 2, 2], sizes=[1, 2, 10, 14]), ShapeError, "only one of"),
     (_resize(X), ShapeError, "neither scales nor sizes"),
     (_resize(X, sizes=[9, 9], axes=[2, 2]), ShapeError, "repeat an axis"),
     (_resize(X, sizes=[9, 9], axes=[2, 3], keep_aspect_ratio_policy="fit"),
      UnsupportedOpError, "keep_aspect_ratio_policy 'fit'"),
-    (_resize(X, sizes=[1, 2, 4, 4], roi=[0, 1], coordinate_transformation_mode="tf_crop_and_resize"),
-     ShapeError, "roi"),
+    (_resize(X, sizes=[1, 2, 4, 4], roi=[0, 1],
+             coordinate_transformation_mode="tf_crop_and_resize"), ShapeError, "roi"),
     (_model("Upsample", X, {"s": np.array([1, 1, 0.5, 2], np.float32)}, 9), ShapeError,
      ">= 1"),
 ])

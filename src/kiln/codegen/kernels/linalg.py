@@ -19,7 +19,7 @@ PANEL_BYTES = 256 * 1024  # the k x NB panel of B a column block reuses across r
 NB_MAX = 256  # widest column block (the accumulator is MR x NB elements)
 
 
-def acc_type(dtype: str, c_type: str) -> str:
+def _acc_type(dtype: str, c_type: str) -> str:
     """C accumulator type: the element type for floats, uint64_t (wrapping) for integers."""
     return c_type if is_float(dtype) else "uint64_t"
 
@@ -47,7 +47,7 @@ def _column_block(p: _Product, itemsize: int) -> int:
 
 def _block(ctx: KernelContext, p: _Product, nb: int, value: Callable[[str], str]) -> str:
     """C for the output columns j0 .. j0 + nb of one batch, MR rows at a time."""
-    acc = acc_type(ctx.in_types[0].dtype, ctx.t(0))
+    acc = _acc_type(ctx.in_types[0].dtype, ctx.t(0))
     a_elem = f"pa[k * {p.m} + i0 + r]" if p.trans_a else f"pa[(i0 + r) * {p.k} + k]"
     b_elem = f"pb[(j0 + j) * {p.k} + k]" if p.trans_b else f"pb[k * {p.n} + j0 + j]"
     rows = min(MR, p.m)
@@ -72,7 +72,7 @@ def _block(ctx: KernelContext, p: _Product, nb: int, value: Callable[[str], str]
 }}"""
 
 
-def render_product(ctx: KernelContext, p: _Product, value: Callable[[str], str]) -> str:
+def _render_product(ctx: KernelContext, p: _Product, value: Callable[[str], str]) -> str:
     """The kernel body of a batched product; value maps the accumulator to the stored value."""
     if p.batch * p.m * p.n == 0:
         return "/* empty output */"
@@ -86,7 +86,8 @@ def render_product(ctx: KernelContext, p: _Product, value: Callable[[str], str])
     if tail:
         body.append(f"{{\n    const int64_t j0 = {full};\n"
                     f"{_indent(_block(ctx, p, tail, value))}\n}}")
-    return f"for (int64_t b = 0; b < {p.batch}; ++b) {{\n{_indent(chr(10).join(body))}\n}}"
+    loop_body = _indent("\n".join(body))
+    return f"for (int64_t b = 0; b < {p.batch}; ++b) {{\n{loop_body}\n}}"
 
 
 def _indent(text: str) -> str:
@@ -96,17 +97,22 @@ def _indent(text: str) -> str:
 @kernel("matmul")
 def _matmul(ctx: KernelContext) -> str:
     d = matmul_dims(ctx.in_types[0].shape, ctx.in_types[1].shape)
-    a_off = broadcast_index(d.a_batch, d.batch, "b")
-    b_off = broadcast_index(d.b_batch, d.batch, "b")
-    p = _Product(batch=math.prod(d.batch), m=d.m, k=d.k, n=d.n,
-                 a_offset=f"({a_off}) * {d.m * d.k}", b_offset=f"({b_off}) * {d.k * d.n}")
-    return render_product(ctx, p, lambda acc: _narrow(ctx, acc))
+    batch = math.prod(d.batch)
+    if math.prod(d.b_batch) == 1 and math.prod(d.a_batch) == batch:
+        # One B for every batch: A's batches stack into one tall matrix, as the output's do.
+        p = _Product(batch=1, m=batch * d.m, k=d.k, n=d.n, a_offset="0", b_offset="0")
+    else:
+        a_off = broadcast_index(d.a_batch, d.batch, "b")
+        b_off = broadcast_index(d.b_batch, d.batch, "b")
+        p = _Product(batch=batch, m=d.m, k=d.k, n=d.n, a_offset=f"({a_off}) * {d.m * d.k}",
+                     b_offset=f"({b_off}) * {d.k * d.n}")
+    return _render_product(ctx, p, lambda acc: _narrow(ctx, acc))
 
 
 def _narrow(ctx: KernelContext, value: str) -> str:
     """value (of the accumulator type) as the output's C type."""
     t = ctx.ot(0)
-    return value if acc_type(ctx.out_types[0].dtype, t) == t else f"({t})({value})"
+    return value if _acc_type(ctx.out_types[0].dtype, t) == t else f"({t})({value})"
 
 
 @kernel("gemm")
@@ -115,7 +121,7 @@ def _gemm(ctx: KernelContext) -> str:
     p = _Product(batch=1, m=m, k=k, n=n, a_offset="0", b_offset="0",
                  trans_a=bool(ctx.attrs["trans_a"]), trans_b=bool(ctx.attrs["trans_b"]))
     dtype = ctx.out_types[0].dtype
-    acc = acc_type(dtype, ctx.ot(0))
+    acc = _acc_type(dtype, ctx.ot(0))
     alpha, beta = lit(ctx.attrs["alpha"], dtype), lit(ctx.attrs["beta"], dtype)
 
     def value(a: str) -> str:
@@ -125,7 +131,7 @@ def _gemm(ctx: KernelContext) -> str:
             v = f"{v} + ({acc}){beta} * ({acc}){c}"
         return _narrow(ctx, v)
 
-    return render_product(ctx, p, value)
+    return _render_product(ctx, p, value)
 
 
 @kernel("cumsum")
@@ -135,7 +141,7 @@ def _cumsum(ctx: KernelContext) -> str:
     outer, n, inner = math.prod(x.shape[:axis]), x.shape[axis], math.prod(x.shape[axis + 1:])
     if x.numel == 0:
         return "/* empty output */"
-    acc = acc_type(x.dtype, ctx.t(0))
+    acc = _acc_type(x.dtype, ctx.t(0))
     cb = min(inner, 1024)
     step = f"{n} - 1 - s" if ctx.attrs["reverse"] else "s"
     store = ctx.store("i", _narrow(ctx, "acc[c]"))

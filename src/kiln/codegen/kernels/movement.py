@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import KernelContext, kernel, lit, strides
+from .registry import KernelContext, is_float, kernel, lit, strides
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -22,7 +22,7 @@ def _counters(rank: int) -> list[str]:
 
 def _flat(coords: list[str], shape: tuple[int, ...]) -> str:
     """C expression: the row-major flat index of coords in shape (dims of size 1 add 0)."""
-    terms = [c if st == 1 else f"({c}) * {st}"
+    terms = [c if st == 1 else f"{c if c.isidentifier() else f'({c})'} * {st}"
              for c, n, st in zip(coords, shape, strides(shape), strict=True) if n != 1]
     return " + ".join(terms) or "0"
 
@@ -202,12 +202,13 @@ def _pad(ctx: KernelContext) -> str:
 def _one_hot(ctx: KernelContext) -> str:
     depth, axis, shape = ctx.attrs["depth"], ctx.attrs["axis"], ctx.in_types[0].shape
     inner = _numel(shape[axis:])
+    wide = "double" if is_float(ctx.in_types[0].dtype) else "int64_t"  # 2.5 matches no class
     store = ctx.store(f"(o * {depth} + d) * {inner} + k",
                       f"q == d ? {ctx.ins[1]}[1] : {ctx.ins[1]}[0]")
     return (
         f"for (int64_t o = 0; o < {_numel(shape[:axis])}; ++o) {{\n"
         f"    for (int64_t k = 0; k < {inner}; ++k) {{\n"
-        f"        int64_t q = (int64_t){ctx.ins[0]}[o * {inner} + k];\n"
+        f"        {wide} q = ({wide}){ctx.ins[0]}[o * {inner} + k];\n"
         f"        if (q < 0) q += {depth};\n"
         f"        for (int64_t d = 0; d < {depth}; ++d) {store}\n"
         f"    }}\n}}"

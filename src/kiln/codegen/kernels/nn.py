@@ -121,10 +121,10 @@ def _row_kernel(ctx: KernelContext, transposed: bool) -> str:
     for j in reversed(range(nd - 1)):
         s, d, p = g["s"][j], g["d"][j], g["pb"][j]
         if transposed:
-            check = f"const int64_t t{j} = o{j} + {p} - k{j} * {d};\n"
-            check += f"if (t{j} < 0 || t{j} % {s} != 0) continue;\n" if s > 1 else \
-                f"if (t{j} < 0) continue;\n"
-            check += f"const int64_t i{j} = t{j} / {s};\nif (i{j} >= {I[j]}) continue;"
+            check = f"const int64_t q{j} = o{j} + {p} - k{j} * {d};\n"
+            check += f"if (q{j} < 0 || q{j} % {s} != 0) continue;\n" if s > 1 else \
+                f"if (q{j} < 0) continue;\n"
+            check += f"const int64_t i{j} = q{j} / {s};\nif (i{j} >= {I[j]}) continue;"
         else:
             check = (f"const int64_t i{j} = o{j} * {s} + k{j} * {d} - {p};\n"
                      f"if (i{j} < 0 || i{j} >= {I[j]}) continue;")

@@ -93,13 +93,13 @@ def _walk(ctx: KernelContext, axes: tuple[int, ...], accs: list[Acc], steps: lis
     n_red = math.prod(n for n, _ in red)
 
     sub = {a.name: f"{a.name}[t]" if tiled else a.name for a in accs if not a.per_element}
-    pos = "t0 + t" if tiled else "0"
     r_flat = " + ".join(_times(f"r{j}", math.prod(n for n, _ in red[j + 1:]))
                         for j in range(len(red))) or "0"
     sub.update({a.name: f"{a.name}[({r_flat}) * {width} + t]" if tiled else f"{a.name}[{r_flat}]"
                 for a in accs if a.per_element})
-    roff = " + ".join(_times(f"r{j}", s) for j, (_, s) in enumerate(red)) or "0"
-    sub.update(r=f"({r_flat})", i=f"(ob + {roff} + {pos})")
+    index = " + ".join(["ob"] + [_times(f"r{j}", s) for j, (_, s) in enumerate(red)]
+                       + (["t0 + t"] if tiled else []))
+    sub.update(r=f"({r_flat})", i=f"({index})")
 
     def fill(code: str) -> str:
         return Template(code).substitute(sub)
@@ -120,13 +120,13 @@ def _walk(ctx: KernelContext, axes: tuple[int, ...], accs: list[Acc], steps: lis
                 lines.append(per_t(f"{a.name}[t] = {a.init};"))
         else:
             lines.append(f"{a.ctype} {a.name}" + (f" = {a.init};" if a.init else ";"))
-    load = f"const {t_in} x = {ctx.ins[0]}[ob + {roff} + {pos}];"
+    load = f"const {t_in} x = {ctx.ins[0]}[{index}];"
     for step in steps:
         if not step.each:
             lines.append(per_t(fill(step.code)))
             continue
         code = fill(step.code)
-        body = per_t(f"{load} {code}" if re.search(r"\bx\b", code) else code)
+        body = per_t(f"{{ {load} {code} }}" if re.search(r"\bx\b", code) else code)
         for j in reversed(range(len(red))):
             body = f"for (int64_t r{j} = 0; r{j} < {red[j][0]}; ++r{j}) {{\n{body}\n}}"
         lines.append(body)

@@ -54,14 +54,14 @@ def _weighted_sum(ctx: KernelContext, taps: dict[int, AxisTaps], base: str) -> l
     return lines + [f"acc += w{last} * (double){ctx.ins[0]}[a{last}];"] + close
 
 
-def _convert(acc: str, dtype: str, ct: str) -> list[str]:
+def _convert(acc: str, dtype: str, ct: str) -> str:
     """The statement turning the double acc into `value` of dtype (ints truncate, saturate)."""
     if dtype in ("float32", "float64"):
-        return [f"const {ct} value = ({ct}){acc};"]
+        return f"const {ct} value = ({ct}){acc};"
     info = np.iinfo(dtype)
     lo, hi = lit(info.min, dtype), lit(info.max, dtype)
-    return [f"const {ct} value = {acc} != {acc} ? 0 : ({acc} <= (double){lo} ? {lo} : "
-            f"({acc} >= (double){hi} ? {hi} : ({ct}){acc}));"]
+    return (f"const {ct} value = {acc} != {acc} ? 0 : ({acc} <= (double){lo} ? {lo} : "
+            f"({acc} >= (double){hi} ? {hi} : ({ct}){acc}));")
 
 
 @kernel("resize")
@@ -75,18 +75,19 @@ def _resize(ctx: KernelContext) -> str:
     in_st = strides(x.shape)
     lines = _tables(taps, in_st, nearest)
     for d, n in enumerate(out.shape):  # p: flat output index, b: input offset of the taps
+        terms = [f"b{d - 1}"] if d else []
         if d not in taps:
-            term = f"o{d} * {in_st[d]}"
-        else:
-            term = f"kiln_rs_off{d}[o{d}]" if nearest else "0"
+            terms.append(f"o{d} * {in_st[d]}")
+        elif nearest:
+            terms.append(f"kiln_rs_off{d}[o{d}]")
         lines += [f"for (int64_t o{d} = 0; o{d} < {n}; ++o{d}) {{",
                   f"const int64_t p{d} = " + (f"p{d - 1} * {n} + o{d};" if d else "o0;"),
-                  f"const int64_t b{d} = " + (f"b{d - 1} + {term};" if d else f"{term};")]
+                  f"const int64_t b{d} = {' + '.join(terms) or '0'};"]
     base = f"b{out.rank - 1}"
     if nearest or not taps:
         lines.append(f"const {ctx.ot()} value = {ctx.ins[0]}[{base}];")
     else:
-        lines += _weighted_sum(ctx, taps, base) + _convert("acc", out.dtype, ctx.ot())
+        lines += [*_weighted_sum(ctx, taps, base), _convert("acc", out.dtype, ctx.ot())]
     outside = [f"kiln_rs_out{d}[o{d}]" for d, t in taps.items() if t.outside.any()]
     value = "value"
     if outside:

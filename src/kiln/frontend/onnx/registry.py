@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ...errors import ShapeError, UnsupportedOpError
+from ...errors import NotConstantError, ShapeError
 from ...ir import GraphBuilder, Value
 
 
@@ -68,9 +68,10 @@ class ConvertContext:
             return default
         array = self.builder.constant_of(self.input(i))
         if array is None:
-            raise UnsupportedOpError(
+            raise NotConstantError(
                 f"{self.where()}: input {i} ('{self.node.input[i]}') must be known at compile "
-                "time (a constant or computed from shapes), but depends on model inputs"
+                "time (a constant or computed from shapes), but depends on model inputs",
+                self.node.input[i],
             )
         return array
 

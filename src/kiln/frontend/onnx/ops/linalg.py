@@ -81,11 +81,11 @@ def _parse_einsum(equation: str, ranks: list[int]) -> tuple[list[Labels], Labels
     spans = [rank - len(t.replace("...", "")) for t, rank in zip(terms, ranks, strict=True)]
     ell = max([s for t, s in zip(terms, spans, strict=True) if "..." in t], default=0)
     ell_labels = [str(d) for d in range(ell)]
-    inputs = []
-    for term, span, rank in zip(terms + [rhs], spans, ranks, strict=False):
+    for term in terms + [rhs]:
         if any(c not in string.ascii_letters for c in term.replace("...", "")):
             raise ShapeError(f"einsum equation '{equation}': term '{term}' has characters "
                              "other than letters and '...'")
+    inputs = []
     for term, span, rank in zip(terms, spans, ranks, strict=True):
         labels = _expand(term, ell_labels[ell - span:] if span >= 0 else [])
         if len(labels) != rank:
@@ -96,8 +96,8 @@ def _parse_einsum(equation: str, ranks: list[int]) -> tuple[list[Labels], Labels
         output = _expand(rhs, ell_labels)
     else:
         counts = [lab for labels in inputs for lab in labels]
-        output = ell_labels + sorted(c for c in set(counts) if c.isalpha() and
-                                     counts.count(c) == 1)
+        output = ell_labels + sorted(c for c in set(counts) - set(ell_labels)
+                                     if counts.count(c) == 1)
     known = {lab for labels in inputs for lab in labels}
     if len(set(output)) != len(output) or not set(output) <= known:
         raise ShapeError(f"einsum output '{rhs}' of equation '{equation}' repeats an index or "

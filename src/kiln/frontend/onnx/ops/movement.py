@@ -129,9 +129,10 @@ def _identity(cx: ConvertContext) -> list[Value]:
 def _dropout(cx: ConvertContext) -> list[Value | None]:
     x = cx.input(0)
     training = cx.const_input(2) if cx.opset >= 12 else None
-    if training is not None and bool(np.asarray(training).reshape(-1)[0]):
+    ratio = cx.const_input(1, np.array(0.5)) if cx.opset >= 12 else None
+    if training is not None and training.reshape(-1)[0] and ratio.reshape(-1)[0] != 0:
         raise UnsupportedOpError(f"{cx.where()}: training_mode=true is not supported "
-                                 "(kiln compiles inference only)")
+                                 "(kiln compiles inference only; only ratio 0 is a no-op)")
     if len(cx.node.output) < 2 or not cx.node.output[1]:
         return [x]
     mask_dtype = "bool" if cx.opset >= 10 else x.type.dtype

@@ -8,6 +8,7 @@ nearest rounding of those opsets.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,10 @@ def _floats(array: np.ndarray | None) -> list[float] | None:
 
 
 def _axes(cx: ConvertContext, rank: int) -> list[int]:
-    axes = [normalize_axis(int(a), rank) for a in cx.attr("axes", range(rank))]
+    try:
+        axes = [normalize_axis(int(a), rank) for a in cx.attr("axes", range(rank))]
+    except ShapeError as e:
+        raise ShapeError(f"{cx.where()}: {e}") from e
     if len(set(axes)) != len(axes):
         raise ShapeError(f"{cx.where()}: axes {cx.attr('axes')} repeat an axis")
     return axes
@@ -65,8 +69,8 @@ def _resize_attrs(cx: ConvertContext, x: Value, axes: list[int], *, scales: list
     if scales is None:
         out, used = _from_sizes(cx, shape, axes, [int(n) for n in given])
     else:
-        if any(s <= 0 for s in scales):
-            raise ShapeError(f"{cx.where()}: scales must be positive, got {scales}")
+        if not all(0 < s < math.inf for s in scales):
+            raise ShapeError(f"{cx.where()}: scales must be positive and finite, got {scales}")
         # floor(dim * scale) in float32, as onnx shape inference and onnxruntime compute it
         out = [int(np.float32(s) * np.float32(shape[a])) for s, a in zip(scales, axes, strict=True)]
         used = scales
