@@ -1,4 +1,4 @@
-"""Shared test configuration: a private compile cache and the conformance pass count."""
+"""Shared test configuration: the IR verifier after every pass, and the conformance pass count."""
 
 from __future__ import annotations
 

@@ -26,22 +26,20 @@ from tests.e2e.models import ModelBuilder
 pytestmark = pytest.mark.e2e
 
 
-def small_model() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+def small_model() -> onnx.ModelProto:
     """Relu(x * w + b) on [4, 8]: elementwise kernels plus a weights region."""
     g = ModelBuilder(seed=3)
     y = g.op("Add", g.op("Mul", "x", g.const(g.normal((4, 8), 1.0), "w")),
              g.const(g.normal(8, 1.0), "b"))
     g.op("Relu", y, out="y")
-    model = g.model("small", [("x", TensorProto.FLOAT, [4, 8])],
-                    [("y", TensorProto.FLOAT, [4, 8])], opset=17)
-    return model, {"x": np.random.default_rng(4).standard_normal((4, 8)).astype(np.float32)}
+    return g.model("small", [("x", TensorProto.FLOAT, [4, 8])],
+                   [("y", TensorProto.FLOAT, [4, 8])], opset=17)
 
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory) -> Path:
     """A valid kiln library of small_model()."""
-    model, _ = small_model()
-    mod, params = kiln.from_onnx(model)
+    mod, params = kiln.from_onnx(small_model())
     path = tmp_path_factory.mktemp("good") / "small.so"
     kiln.build(mod, params=params, progress=False).export_library(path)
     return path
@@ -173,8 +171,7 @@ def test_wrong_input_dtype(library: Path) -> None:
 
 
 def test_export_unknown_suffix(tmp_path: Path) -> None:
-    model, _ = small_model()
-    mod, params = kiln.from_onnx(model)
+    mod, params = kiln.from_onnx(small_model())
     with pytest.raises(kiln.ExportError, match=r"'\.onnx'"):
         kiln.build(mod, params=params, progress=False).export_library(tmp_path / "m.onnx")
     assert not list(tmp_path.iterdir()), "a failed export left files behind"

@@ -19,7 +19,7 @@ INDEX_DTYPES = ("int32", "int64")
 PAD_MODES = ("constant", "reflect", "edge", "wrap")
 
 
-def wrap_clamp(indices: np.ndarray, n: int) -> np.ndarray:
+def _wrap_clamp(indices: np.ndarray, n: int) -> np.ndarray:
     """Indices in [-n, n) mapped to [0, n): negatives wrap once, then all are clamped."""
     i = indices.astype(np.int64)
     return np.clip(np.where(i < 0, i + n, i), 0, max(n - 1, 0))
@@ -91,7 +91,7 @@ register("split", infer=_split_infer, reference=_split_reference)
 
 # slice -------------------------------------------------------------------------------------
 
-def slice_length(start: int, end: int, step: int) -> int:
+def _slice_length(start: int, end: int, step: int) -> int:
     """Elements in start, start+step, ... before end (end is -1 for 'through 0' when step<0)."""
     return len(range(start, end, step))
 
@@ -106,7 +106,7 @@ def _slice_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
     for d, (n, s, e, st) in enumerate(zip(shape, starts, ends, steps, strict=True)):
         if st == 0:
             raise ShapeError(f"slice step of axis {d} is 0")
-        length = slice_length(s, e, st)
+        length = _slice_length(s, e, st)
         if length and not (0 <= s < n and 0 <= s + (length - 1) * st < n):
             raise ShapeError(f"slice {s}:{e}:{st} of axis {d} is outside its dim {n}")
         out.append(length)
@@ -138,7 +138,7 @@ def _gather_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
 
 def _gather_reference(arrs: list[np.ndarray], a: Attrs) -> list[np.ndarray]:
     data, idx = arrs
-    return [np.take(data, wrap_clamp(idx, data.shape[a["axis"]]), axis=a["axis"])]
+    return [np.take(data, _wrap_clamp(idx, data.shape[a["axis"]]), axis=a["axis"])]
 
 
 register("gather", infer=_gather_infer, reference=_gather_reference)
@@ -163,7 +163,7 @@ def _gather_elements_reference(arrs: list[np.ndarray], a: Attrs) -> list[np.ndar
     data, idx = arrs
     axis = a["axis"]
     window = tuple(slice(None) if k == axis else slice(0, n) for k, n in enumerate(idx.shape))
-    clamped = wrap_clamp(idx, data.shape[axis])
+    clamped = _wrap_clamp(idx, data.shape[axis])
     return [np.take_along_axis(data[window], clamped, axis=axis)]
 
 
@@ -193,7 +193,7 @@ def _gather_nd_reference(arrs: list[np.ndarray], a: Attrs) -> list[np.ndarray]:
     batch = int(np.prod(data.shape[:b], dtype=np.int64))
     flat_data = data.reshape((batch,) + data.shape[b:])
     rows = idx.reshape(batch, -1, k)
-    cols = [wrap_clamp(rows[..., j], data.shape[b + j]) for j in range(k)]
+    cols = [_wrap_clamp(rows[..., j], data.shape[b + j]) for j in range(k)]
     picked = flat_data[(np.arange(batch)[:, None], *cols)]
     return [picked.reshape(idx.shape[:-1] + data.shape[b + k:])]
 
@@ -242,7 +242,7 @@ def _pad_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
     return [TensorType(out, types[0].dtype)]
 
 
-def pad_source(out_index: np.ndarray, begin: int, n: int, mode: str) -> np.ndarray:
+def _pad_source(out_index: np.ndarray, begin: int, n: int, mode: str) -> np.ndarray:
     """Input positions read by output positions of one padded axis (constant: may be outside)."""
     c = out_index - begin
     if mode == "edge":
@@ -263,7 +263,7 @@ def _pad_reference(arrs: list[np.ndarray], a: Attrs) -> list[np.ndarray]:
     fill = np.full(out_type.shape, a["value"]).astype(x.dtype)
     if x.size == 0:
         return [fill]
-    srcs = [pad_source(np.arange(m), pads[d], n, mode)
+    srcs = [_pad_source(np.arange(m), pads[d], n, mode)
             for d, (n, m) in enumerate(zip(x.shape, out_type.shape, strict=True))]
     inside = [(s >= 0) & (s < n) for s, n in zip(srcs, x.shape, strict=True)]
     picked = x[np.ix_(*[np.clip(s, 0, n - 1) for s, n in zip(srcs, x.shape, strict=True)])]

@@ -129,8 +129,8 @@ def _identity(cx: ConvertContext) -> list[Value]:
 def _dropout(cx: ConvertContext) -> list[Value | None]:
     x = cx.input(0)
     training = cx.const_input(2) if cx.opset >= 12 else None
-    ratio = cx.const_input(1, np.array(0.5)) if cx.opset >= 12 else None
-    if training is not None and training.reshape(-1)[0] and ratio.reshape(-1)[0] != 0:
+    if training is not None and training.reshape(-1)[0] and cx.const_input(
+            1, np.array(0.5)).reshape(-1)[0] != 0:
         raise UnsupportedOpError(f"{cx.where()}: training_mode=true is not supported "
                                  "(kiln compiles inference only; only ratio 0 is a no-op)")
     if len(cx.node.output) < 2 or not cx.node.output[1]:
