@@ -1,0 +1,364 @@
+"""nn ops (Conv, ConvTranspose, pools, normalizations): kiln vs onnxruntime.
+
+Each case runs twice: compiled (C kernels) and folded (all inputs constant, so the importer
+evaluates the NumPy reference).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+import kiln
+from kiln.errors import ShapeError, UnsupportedOpError
+from tests.util import check_against_ort, ort_run
+
+RNG = np.random.default_rng(0)
+
+
+def _model(op: str, inputs: dict[str, np.ndarray], *, opset: int, consts: dict | None = None,
+           outputs: tuple[str, ...] = ("y",), **attrs) -> onnx.ModelProto:
+    """A one-node model: `inputs` are graph inputs, `consts` initializers (in that order)."""
+    consts = consts or {}
+    names = list(inputs) + list(consts)
+    node = helper.make_node(op, names, list(outputs), name="the_node", **attrs)
+    graph = helper.make_graph(
+        [node], op.lower(),
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+         for n, a in inputs.items()],
+        [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in outputs],
+        [numpy_helper.from_array(np.asarray(a), n) for n, a in consts.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                             ir_version=10)
+
+
+def _data(shape: tuple[int, ...], dtype: str = "float32") -> np.ndarray:
+    if np.dtype(dtype).kind == "f":
+        return RNG.standard_normal(shape).astype(dtype)
+    info = np.iinfo(dtype)
+    return RNG.integers(max(info.min, -100), min(info.max, 100), shape).astype(dtype)
+
+
+def _folded(model: onnx.ModelProto, feeds: dict[str, np.ndarray], *, rtol: float,
+            atol: float) -> None:
+    """Make every input an initializer: kiln folds the node with its NumPy reference."""
+    const = onnx.ModelProto()
+    const.CopyFrom(model)
+    for vi in list(const.graph.input):
+        const.graph.initializer.append(numpy_helper.from_array(feeds[vi.name], vi.name))
+    del const.graph.input[:]
+    mod, params = kiln.from_onnx(const)
+    expected = ort_run(model, feeds)
+    for value, e in zip(mod.graph.outputs, expected, strict=True):
+        got = params[value.name]
+        assert got.shape == e.shape and got.dtype == e.dtype, (got.shape, got.dtype, e.shape)
+        np.testing.assert_allclose(got, e, rtol=rtol, atol=atol)
+
+
+def _check(op: str, x: np.ndarray, *, opset: int = 22, consts: dict | None = None,
+           rtol: float = 1e-5, atol: float = 1e-5, **attrs) -> None:
+    """x (and any consts) through op: compiled and folded, both vs onnxruntime."""
+    model = _model(op, {"x": x}, opset=opset, consts=consts, **attrs)
+    check_against_ort(model, {"x": x}, rtol=rtol, atol=atol)
+    _folded(model, {"x": x}, rtol=rtol, atol=atol)
+
+
+# Conv ----------------------------------------------------------------------------------------
+
+CONV_2D = [
+    # (x shape, w shape, attrs)
+    ((1, 3, 7, 8), (4, 3, 3, 3), {}),
+    ((2, 3, 7, 8), (4, 3, 3, 3), {"pads": [1, 0, 2, 1], "strides": [2, 1]}),
+    ((1, 2, 9, 9), (3, 2, 3, 2), {"dilations": [2, 3], "pads": [2, 1, 0, 3]}),
+    ((1, 4, 6, 7), (6, 2, 3, 3), {"group": 2, "pads": [1, 1, 1, 1]}),
+    ((1, 6, 8, 8), (6, 1, 3, 3), {"group": 6, "pads": [1, 1, 1, 1], "strides": [2, 2]}),
+    ((1, 3, 8, 8), (6, 1, 3, 3), {"group": 3, "pads": [0, 1, 2, 1]}),  # depth multiplier 2
+    ((1, 5, 6, 7), (8, 5, 1, 1), {}),  # pointwise: one flat row
+    ((1, 3, 9, 7), (4, 3, 3, 3), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+    ((1, 3, 9, 7), (4, 3, 4, 2), {"auto_pad": "SAME_LOWER", "strides": [2, 3]}),
+    ((1, 3, 9, 7), (4, 3, 3, 3), {"auto_pad": "VALID", "strides": [2, 2]}),
+    ((1, 2, 3, 300), (3, 2, 3, 3), {"pads": [1, 1, 1, 1]}),  # row wider than one tile
+    ((1, 2, 5, 5), (2, 2, 5, 5), {"pads": [4, 4, 4, 4], "strides": [3, 3]}),  # pads > kernel
+]
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("xs,ws,attrs", CONV_2D)
+def test_conv_2d(xs, ws, attrs, bias):
+    consts = {"w": _data(ws)} | ({"b": _data((ws[0],))} if bias else {})
+    _check("Conv", _data(xs), consts=consts, **attrs)
+
+
+@pytest.mark.parametrize("xs,ws,attrs", [
+    ((2, 3, 11), (4, 3, 3), {"pads": [2, 1], "dilations": [2], "strides": [2]}),
+    ((1, 4, 10), (4, 1, 4), {"group": 4, "auto_pad": "SAME_UPPER"}),
+    ((1, 2, 5, 6, 4), (3, 2, 3, 2, 3), {"pads": [1, 0, 1, 1, 1, 0], "strides": [1, 2, 1]}),
+    ((1, 4, 4, 5, 6), (4, 2, 2, 3, 1), {"group": 2, "dilations": [2, 1, 1]}),
+])
+def test_conv_1d_3d(xs, ws, attrs):
+    _check("Conv", _data(xs), consts={"w": _data(ws), "b": _data((ws[0],))}, **attrs)
+
+
+@pytest.mark.parametrize("opset", [1, 11])
+def test_conv_float64_and_old_opsets(opset):
+    x, w = _data((1, 2, 6, 6), "float64"), _data((3, 2, 3, 3), "float64")
+    _check("Conv", x, consts={"w": w}, opset=opset, pads=[1, 1, 1, 1], kernel_shape=[3, 3])
+
+
+def test_conv_with_fused_epilogue():
+    x = _data((1, 3, 8, 8))
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c", "r"], ["s"]),
+             helper.make_node("Relu", ["s"], ["y"])]
+    inits = [numpy_helper.from_array(_data((3, 3, 3, 3)), "w"),
+             numpy_helper.from_array(_data((3,)), "b")]
+    graph = helper.make_graph(
+        nodes, "conv_add_relu",
+        [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, x.shape) for n in "xr"],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    check_against_ort(model, {"x": x, "r": _data(x.shape)})
+
+
+def test_conv_weight_as_graph_input():
+    x, w = _data((1, 2, 5, 5)), _data((2, 2, 3, 3))
+    model = _model("Conv", {"x": x, "w": w}, opset=13, strides=[2, 2])
+    check_against_ort(model, {"x": x, "w": w})
+
+
+def test_conv_group_mismatch_is_a_shape_error():
+    model = _model("Conv", {"x": _data((1, 4, 5, 5))}, consts={"w": _data((3, 2, 3, 3))},
+                   opset=13, group=2)
+    with pytest.raises(ShapeError, match="the_node.*group=2"):
+        kiln.from_onnx(model)
+
+
+def test_conv_unknown_auto_pad():
+    model = _model("Conv", {"x": _data((1, 2, 5, 5))}, consts={"w": _data((2, 2, 3, 3))},
+                   opset=13, auto_pad="SAME")
+    with pytest.raises(UnsupportedOpError, match="auto_pad 'SAME'"):
+        kiln.from_onnx(model)
+
+
+def test_conv_kernel_larger_than_input():
+    model = _model("Conv", {"x": _data((1, 2, 2, 2))}, consts={"w": _data((2, 2, 3, 3))},
+                   opset=13)
+    with pytest.raises(ShapeError, match="larger than the padded input"):
+        kiln.from_onnx(model)
+
+
+# ConvTranspose -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("xs,ws,attrs", [
+    ((1, 2, 3, 4), (2, 3, 3, 3), {}),
+    ((2, 2, 3, 4), (2, 3, 3, 2), {"strides": [2, 3], "pads": [1, 0, 0, 2]}),
+    ((1, 2, 3, 3), (2, 2, 3, 3), {"strides": [2, 2], "output_padding": [1, 0]}),
+    ((1, 2, 4, 3), (2, 1, 2, 3), {"dilations": [2, 2], "pads": [1, 1, 0, 0]}),
+    ((1, 4, 3, 3), (4, 2, 3, 3), {"group": 2, "strides": [2, 2]}),
+    ((1, 4, 3, 3), (4, 1, 3, 3), {"group": 4, "strides": [2, 1], "pads": [1, 1, 1, 1]}),
+    ((1, 2, 3, 3), (2, 1, 3, 3), {"strides": [3, 2], "output_shape": [10, 8]}),
+    ((1, 2, 3, 3), (2, 1, 3, 3), {"strides": [2, 2], "output_shape": [6, 5]}),
+    ((1, 2, 3, 4), (2, 2, 3, 3), {"strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+    ((1, 2, 3, 4), (2, 2, 3, 3), {"strides": [2, 2], "auto_pad": "SAME_LOWER"}),
+    ((1, 2, 3, 4), (2, 2, 4, 4), {"strides": [2, 2], "auto_pad": "VALID"}),
+    ((1, 2, 2, 2), (2, 2, 4, 4), {"pads": [2, 2, 2, 2]}),  # crop into the middle
+])
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv_transpose_2d(xs, ws, attrs, bias):
+    m = ws[1] * attrs.get("group", 1)
+    consts = {"w": _data(ws)} | ({"b": _data((m,))} if bias else {})
+    _check("ConvTranspose", _data(xs), consts=consts, **attrs)
+
+
+@pytest.mark.parametrize("xs,ws,attrs", [
+    ((2, 3, 5), (3, 2, 3), {"strides": [2], "pads": [1, 0], "output_padding": [1]}),
+    ((1, 2, 2, 3, 2), (2, 2, 2, 2, 2), {"strides": [2, 1, 2], "dilations": [1, 2, 1]}),
+])
+def test_conv_transpose_1d_3d(xs, ws, attrs):
+    _check("ConvTranspose", _data(xs), consts={"w": _data(ws), "b": _data((ws[1],))}, **attrs)
+
+
+# Pools ---------------------------------------------------------------------------------------
+
+POOLS = [
+    ((1, 2, 7, 8), {"kernel_shape": [3, 3]}),
+    ((2, 3, 7, 8), {"kernel_shape": [3, 2], "strides": [2, 2], "pads": [1, 0, 2, 1]}),
+    ((1, 2, 6, 7), {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
+    ((1, 1, 5, 5), {"kernel_shape": [2, 2], "strides": [2, 2], "pads": [1, 1, 1, 1],
+                    "ceil_mode": 1}),  # the last window would start in the end padding
+    ((1, 2, 8, 9), {"kernel_shape": [2, 3], "dilations": [2, 2], "pads": [1, 1, 1, 1]}),
+    ((1, 2, 9, 9), {"kernel_shape": [3, 3], "dilations": [2, 2], "strides": [2, 2],
+                    "ceil_mode": 1, "pads": [1, 1, 1, 1]}),
+    ((1, 2, 7, 8), {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+    ((1, 2, 7, 8), {"kernel_shape": [4, 3], "strides": [2, 3], "auto_pad": "SAME_LOWER"}),
+    ((1, 2, 7, 8), {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "VALID"}),
+    ((2, 3, 9), {"kernel_shape": [3], "strides": [2], "pads": [1, 2], "ceil_mode": 1}),
+    ((1, 2, 4, 5, 6), {"kernel_shape": [2, 3, 2], "strides": [2, 1, 2], "pads": [1, 0, 1, 0, 1, 1]}),
+]
+
+
+@pytest.mark.parametrize("xs,attrs", POOLS)
+def test_max_pool(xs, attrs):
+    _check("MaxPool", _data(xs), **attrs)
+
+
+@pytest.mark.parametrize("count_include_pad", [0, 1])
+@pytest.mark.parametrize("xs,attrs", POOLS)
+def test_average_pool(xs, attrs, count_include_pad):
+    _check("AveragePool", _data(xs), count_include_pad=count_include_pad, **attrs)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "float64"])
+def test_max_pool_dtypes(dtype):
+    _check("MaxPool", _data((1, 2, 5, 6), dtype), kernel_shape=[2, 2], pads=[1, 1, 0, 0])
+
+
+@pytest.mark.parametrize("storage_order", [0, 1])
+def test_max_pool_indices(storage_order):
+    x = _data((2, 2, 5, 6))
+    x[0, 0, :2, :2] = 7.0  # a tie: the first maximum in the window wins
+    model = _model("MaxPool", {"x": x}, opset=12, outputs=("y", "i"), kernel_shape=[3, 2],
+                   strides=[2, 2], pads=[1, 0, 1, 1], storage_order=storage_order)
+    check_against_ort(model, {"x": x})
+    _folded(model, {"x": x}, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+def test_pool_same_with_dilation_follows_the_spec(op):
+    # onnxruntime pads as if undilated here (5x5 out); the spec and reference give ceil(7/1).
+    x = _data((1, 1, 7, 7))
+    model = _model(op, {"x": x}, opset=19, kernel_shape=[3, 3], dilations=[2, 2],
+                   auto_pad="SAME_UPPER")
+    mod, params = kiln.from_onnx(model)
+    assert mod.graph.outputs[0].type.shape == (1, 1, 7, 7)
+    expected = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    from tests.util import kiln_run
+    np.testing.assert_allclose(kiln_run(model, {"x": x})[0], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("opset", [7, 10, 11])
+def test_pools_old_opsets(opset):
+    attrs = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
+    _check("MaxPool", _data((1, 2, 7, 7)), opset=opset, **attrs)
+    _check("AveragePool", _data((1, 2, 7, 7)), opset=opset, count_include_pad=1, **attrs)
+
+
+def test_pool_window_larger_than_input():
+    model = _model("MaxPool", {"x": _data((1, 1, 3, 3))}, opset=13, kernel_shape=[5, 5])
+    with pytest.raises(ShapeError, match="the_node.*larger than the padded input"):
+        kiln.from_onnx(model)
+
+
+def test_pool_needs_kernel_shape():
+    with pytest.raises(ShapeError, match="kernel_shape is required"):
+        kiln.from_onnx(_model("MaxPool", {"x": _data((1, 1, 3, 3))}, opset=13))
+
+
+@pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool"])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 4), (1, 4, 7), (1, 2, 2, 3, 3)])
+def test_global_pools(op, shape):
+    _check(op, _data(shape))
+
+
+@pytest.mark.parametrize("size,attrs", [(3, {}), (4, {"alpha": 0.01, "beta": 0.5, "bias": 2.0}),
+                                        (5, {"alpha": 2e-4})])
+def test_lrn(size, attrs):
+    _check("LRN", _data((2, 7, 4, 5)), opset=13, size=size, **attrs)
+
+
+# Normalizations ------------------------------------------------------------------------------
+
+def _bn_params(c: int) -> dict[str, np.ndarray]:
+    return {"scale": _data((c,)), "bias": _data((c,)), "mean": _data((c,)),
+            "var": RNG.uniform(0.5, 2.0, c).astype(np.float32)}
+
+
+@pytest.mark.parametrize("opset", [7, 9, 14, 15])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (3, 4), (2, 3, 6)])
+def test_batch_norm(opset, shape):
+    _check("BatchNormalization", _data(shape), opset=opset, consts=_bn_params(shape[1]),
+           epsilon=1e-3)
+
+
+def test_batch_norm_unused_training_outputs():
+    x = _data((2, 3, 4, 4))
+    model = _model("BatchNormalization", {"x": x}, opset=9, consts=_bn_params(3),
+                   outputs=("y", "running_mean", "running_var"))
+    del model.graph.output[1:]  # the statistics outputs are listed but not used
+    check_against_ort(model, {"x": x})
+
+
+def test_batch_norm_training_mode_is_unsupported():
+    model = _model("BatchNormalization", {"x": _data((2, 3, 4))}, opset=15,
+                   consts=_bn_params(3), training_mode=1)
+    with pytest.raises(UnsupportedOpError, match="the_node.*training mode"):
+        kiln.from_onnx(model)
+
+
+def test_instance_norm():
+    x = _data((2, 3, 5, 6)) * 3 + 1
+    _check("InstanceNormalization", x, consts={"scale": _data((3,)), "bias": _data((3,))},
+           epsilon=1e-3)
+
+
+@pytest.mark.parametrize("shape,axis", [((2, 5, 8), -1), ((2, 5, 8), 1), ((3, 4, 2, 5), 0),
+                                        ((4, 768), -1)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_layer_norm(shape, axis, bias):
+    norm = shape[axis % len(shape):]
+    consts = {"scale": _data(norm)} | ({"bias": _data(norm)} if bias else {})
+    _check("LayerNormalization", _data(shape) + 2, opset=17, consts=consts, axis=axis,
+           epsilon=1e-4)
+
+
+def test_layer_norm_broadcast_scale_and_statistics_outputs():
+    x = _data((2, 3, 4)) * 2 + 1
+    model = _model("LayerNormalization", {"x": x}, opset=17,
+                   consts={"scale": _data((1, 4)), "bias": _data((4,))}, axis=1,
+                   outputs=("y", "mean", "inv_std"))
+    check_against_ort(model, {"x": x})
+    _folded(model, {"x": x}, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_norm_axis_out_of_range():
+    model = _model("LayerNormalization", {"x": _data((2, 3))}, opset=17,
+                   consts={"scale": _data((3,))}, axis=2)
+    with pytest.raises(ShapeError, match="axis 2 out of range"):
+        kiln.from_onnx(model)
+
+
+@pytest.mark.parametrize("opset", [18, 21])
+def test_group_norm(opset):
+    groups, c = 2, 6
+    param = groups if opset == 18 else c
+    _check("GroupNormalization", _data((2, c, 3, 4)) + 1, opset=opset, num_groups=groups,
+           consts={"scale": _data((param,)), "bias": _data((param,))}, epsilon=1e-3)
+
+
+def test_group_norm_groups_must_divide_channels():
+    model = _model("GroupNormalization", {"x": _data((1, 6, 2))}, opset=21, num_groups=4,
+                   consts={"scale": _data((6,)), "bias": _data((6,))})
+    with pytest.raises(ShapeError, match="num_groups 4 must divide the 6 channels"):
+        kiln.from_onnx(model)
+
+
+@pytest.mark.parametrize("axes", [None, [1], [2, 3], [0, -1]])
+def test_mean_variance_norm(axes):
+    attrs = {} if axes is None else {"axes": axes}
+    _check("MeanVarianceNormalization", _data((2, 3, 4, 5)) * 2 + 1, opset=13, **attrs)
+
+
+@pytest.mark.parametrize("p,axis", [(2, -1), (1, 1), (2, 0)])
+def test_lp_norm(p, axis):
+    x = _data((3, 4, 5))
+    x[0, 0] = 0  # a zero vector normalizes to zeros
+    _check("LpNormalization", x, p=p, axis=axis)
+
+
+def test_lp_norm_other_p_is_unsupported():
+    with pytest.raises(UnsupportedOpError, match="p=3"):
+        kiln.from_onnx(_model("LpNormalization", {"x": _data((2, 3))}, opset=13, p=3))
