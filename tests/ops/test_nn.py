@@ -20,16 +20,19 @@ RNG = np.random.default_rng(0)
 
 
 def _model(op: str, inputs: dict[str, np.ndarray], *, opset: int, consts: dict | None = None,
-           outputs: tuple[str, ...] = ("y",), **attrs) -> onnx.ModelProto:
-    """A one-node model: `inputs` are graph inputs, `consts` initializers (in that order)."""
+           outputs: dict[str, str] | None = None, **attrs) -> onnx.ModelProto:
+    """A one-node model: `inputs` are graph inputs, `consts` initializers (in that order);
+    outputs maps output names to dtypes (default: y, of the first input's dtype)."""
     consts = consts or {}
     names = list(inputs) + list(consts)
+    outputs = outputs or {"y": next(iter(inputs.values())).dtype.name}
     node = helper.make_node(op, names, list(outputs), name="the_node", **attrs)
     graph = helper.make_graph(
         [node], op.lower(),
         [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
          for n, a in inputs.items()],
-        [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in outputs],
+        [helper.make_tensor_value_info(o, helper.np_dtype_to_tensor_dtype(np.dtype(t)), None)
+         for o, t in outputs.items()],
         [numpy_helper.from_array(np.asarray(a), n) for n, a in consts.items()],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
@@ -221,7 +224,7 @@ def test_max_pool_dtypes(dtype):
 def test_max_pool_indices(storage_order):
     x = _data((2, 2, 5, 6))
     x[0, 0, :2, :2] = 7.0  # a tie: the first maximum in the window wins
-    model = _model("MaxPool", {"x": x}, opset=12, outputs=("y", "i"), kernel_shape=[3, 2],
+    model = _model("MaxPool", {"x": x}, opset=12, outputs={"y": "float32", "i": "int64"}, kernel_shape=[3, 2],
                    strides=[2, 2], pads=[1, 0, 1, 1], storage_order=storage_order)
     check_against_ort(model, {"x": x})
     _folded(model, {"x": x}, rtol=0, atol=0)
@@ -287,7 +290,7 @@ def test_batch_norm(opset, shape):
 def test_batch_norm_unused_training_outputs():
     x = _data((2, 3, 4, 4))
     model = _model("BatchNormalization", {"x": x}, opset=9, consts=_bn_params(3),
-                   outputs=("y", "running_mean", "running_var"))
+                   outputs=dict.fromkeys(["y", "running_mean", "running_var"], "float32"))
     del model.graph.output[1:]  # the statistics outputs are listed but not used
     check_against_ort(model, {"x": x})
 
@@ -319,7 +322,7 @@ def test_layer_norm_broadcast_scale_and_statistics_outputs():
     x = _data((2, 3, 4)) * 2 + 1
     model = _model("LayerNormalization", {"x": x}, opset=17,
                    consts={"scale": _data((1, 4)), "bias": _data((4,))}, axis=1,
-                   outputs=("y", "mean", "inv_std"))
+                   outputs=dict.fromkeys(["y", "mean", "inv_std"], "float32"))
     check_against_ort(model, {"x": x})
     _folded(model, {"x": x}, rtol=1e-5, atol=1e-5)
 

@@ -184,7 +184,7 @@ def _axis_op_infer(op: str):
 
 
 def _softmax_ref(x: np.ndarray, axis: int, log: bool) -> np.ndarray:
-    shifted = x.astype(np.float64) - np.max(x, axis=axis, keepdims=True)
+    shifted = x.astype(np.float64) - np.max(x, axis=axis, keepdims=True, initial=-np.inf)
     total = np.sum(np.exp(shifted), axis=axis, keepdims=True)
     return shifted - np.log(total) if log else np.exp(shifted) / total
 

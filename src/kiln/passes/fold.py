@@ -20,6 +20,6 @@ def fold_constants(mod: Module) -> Module:
         for value, result in zip(node.outputs, results, strict=True):
             value.producer = None
             g.params.append(value)
-            mod.params[value.name] = np.ascontiguousarray(result)
+            mod.params[value.name] = np.asarray(result, order="C")
     g.nodes = kept
     return mod

@@ -31,7 +31,7 @@ def _new_param(mod: Module, hint: str, array: np.ndarray) -> Value:
         name = f"{hint}_{k}"
     value = Value(name, TensorType.of(array))
     mod.graph.params.append(value)
-    mod.params[name] = np.ascontiguousarray(array)
+    mod.params[name] = np.asarray(array, order="C")
     return value
 
 
