@@ -36,6 +36,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "CompatibilityError", "CompileError", "Device", "ExportError", "FormatError", "GraphModule",
-    "InputError", "KilnError", "Library", "ModelImportError", "NotConstantError", "ShapeError", "UnsupportedOpError",
-    "VerificationError", "__version__", "build", "cpu", "device", "from_onnx", "load_module",
+    "InputError", "KilnError", "Library", "ModelImportError", "NotConstantError", "ShapeError",
+    "UnsupportedOpError", "VerificationError", "__version__", "build", "cpu", "device",
+    "from_onnx", "load_module",
 ]
