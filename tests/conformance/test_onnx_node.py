@@ -17,16 +17,17 @@ import kiln.onnx_backend
 
 # Node-test name stems (test_<stem>_... or test_<stem>) of the supported ONNX ops.
 SUPPORTED = """
-abs add and argmax argmin averagepool basic_conv batchnorm cast ceil celu clip concat
-constant constantofshape constant_pad conv convtranspose cos cumsum depthtospace div dropout
-edge_pad einsum elu equal erf exp expand flatten floor gather gather_elements gathernd gelu gemm
-globalaveragepool globalmaxpool greater greater_equal hardmax hardsigmoid hardswish identity
-instancenorm layer_normalization leakyrelu less less_equal log logsoftmax lrn matmul max
-maxpool mean min mish mod mul neg not onehot or pow prelu range reciprocal reduce_l1
-reduce_l2 reduce_log_sum reduce_log_sum_exp reduce_max reduce_mean reduce_min reduce_prod
-reduce_sum reduce_sum_square reflect_pad relu reshape resize round selu shape sigmoid sign
-sin size slice softmax softplus softsign spacetodepth split sqrt squeeze sub sum tanh
-thresholded_relu tile topk transpose tril triu unsqueeze upsample where wrap_pad xor
+abs add and argmax argmin averagepool basic_conv batchnorm cast ceil celu clip concat constant
+constant_pad constantofshape conv convtranspose cos cumsum depthtospace div dropout edge_pad
+einsum elu equal erf exp expand flatten floor gather gather_elements gathernd gelu gemm
+globalaveragepool globalmaxpool greater greater_equal group_normalization hardmax hardsigmoid
+hardswish identity instancenorm layer_normalization leakyrelu less less_equal log logsoftmax
+lpnormalization lrn matmul max maxpool mean min mish mod mul mvn neg not onehot or pow prelu
+range reciprocal reduce_l1 reduce_l2 reduce_log_sum reduce_log_sum_exp reduce_max reduce_mean
+reduce_min reduce_prod reduce_sum reduce_sum_square reflect_pad relu reshape resize
+rms_normalization round selu shape sigmoid sign sin size slice softmax softplus softsign
+spacetodepth split sqrt squeeze sub sum tanh thresholded_relu tile topk transpose tril triu
+unsqueeze upsample where wrap_pad xor
 """.split()
 
 EXCLUSIONS = Path(__file__).with_name("node_test_exclusions.txt")

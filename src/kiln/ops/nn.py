@@ -402,6 +402,16 @@ def _layer_norm_ref(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarray]:
 register("layer_norm", infer=_layer_norm_infer, reference=_layer_norm_ref)
 
 
+def _rms_norm_ref(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarray]:
+    """[x, scale] -> x / sqrt(mean(x^2 over axes axis..) + epsilon) * scale."""
+    x = arrs[0]
+    square = np.square(x).mean(axis=tuple(range(attrs["axis"], x.ndim)), keepdims=True)
+    return [(x / np.sqrt(square + attrs["epsilon"]) * arrs[1]).astype(x.dtype)]
+
+
+register("rms_norm", infer=_layer_norm_infer, reference=_rms_norm_ref)
+
+
 def _layer_norm_stats_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
     """[x] -> [mean, 1 / sqrt(var + epsilon)] over axes axis.., kept as size-1 dims."""
     expect_arity(types, 1)

@@ -1,22 +1,37 @@
 """C kernels of the nn ops (semantics: kiln/ops/nn.py).
 
-Tensors are row-major (N, C, *spatial). conv and conv_transpose compute a tile of one output
-row for MB output channels in a local accumulator: the weight tap sits in a register and the
-contiguous output row is the innermost loop (so gcc vectorizes it); pools loop over windows;
-normalizations take two passes over each group (mean, variance) and a third to store.
+Tensors are row-major (N, C, *spatial). Every inner loop has a trip count known when
+compiling, so that gcc -O2 vectorizes it. conv picks one of three kernels:
+- im2col (8+ output channels per group): tiles of a matrix product weights x im2col(x);
+- depthwise (one input channel per group): over a padded local copy of the input plane;
+- rows (the rest, and conv_transpose): a tile of one output row for a few output channels
+  in a local accumulator, each kernel tap over the row range it reaches.
+Pools also read a padded local copy of the plane (or check bounds for planes too large for
+the stack); normalizations take two passes over each group (mean, variance), then store.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from ...ops.nn import MVN_EPSILON, lrn_window
 from .registry import KernelContext, broadcast_index, is_float, kernel, lit, strides
 
-ROW_TILE = 256  # output elements of one row kept in the accumulator at a time
-CHANNEL_BLOCKS = (4, 2, 1)  # output channels computed together (the first that divides)
+GEMM_MIN_CHANNELS = 8  # output channels per group from which conv takes the im2col kernel
+ACC_BYTES = 32 * 1024  # im2col conv: accumulator tile (output channels x positions)
+COL_BYTES = 16 * 1024  # im2col conv: input tile (reduction rows x positions)
+ROW_TILE = 256  # row kernel: output elements of one row kept in the accumulator at a time
+CHANNEL_BLOCKS = (4, 2, 1)  # row kernel: output channels computed together (first divisor)
+PLANE_BYTES = 256 * 1024  # depthwise conv, pools: largest padded plane copied to the stack
+LANES = 8  # normalizations: partial sums of a reduction
+# Local arrays are over-aligned: gcc 12 with -mtune=skylake-avx512 and later (so with
+# -march=native there) can place a small array in the red zone misaligned, then use aligned
+# vector moves on it (a crash); an explicit alignment makes it realign the frame.
+ALIGNED = "__attribute__((aligned(64)))"
 
 
 def _for(var: str, count: int | str, body: str, *, start: int | str = 0) -> str:
@@ -77,7 +92,8 @@ def _channel_block(per_group: int) -> int:
 
 
 def _row_kernel(ctx: KernelContext, transposed: bool) -> str:
-    """conv / conv_transpose: see the module docstring; the taps differ (gather vs scatter)."""
+    """conv / conv_transpose, a row tile at a time: the weight tap sits in a register and
+    the contiguous output row is innermost; the taps differ (gather vs scatter)."""
     g = _conv_geometry(ctx, transposed)
     t = ctx.t(0)
     I, K, O = g["I"], g["K"], g["O"]  # noqa: E741
@@ -139,7 +155,7 @@ def _row_kernel(ctx: KernelContext, transposed: bool) -> str:
     store = ctx.store(f"(n * {g['M']} + g * {mg} + m0 + j) * {o_size} + ({o_flat}) * {O[-1]}"
                       " + t0 + ol", "acc[j][ol]")
     row = (f"const int64_t tn = {O[-1]} - t0 < {tile} ? {O[-1]} - t0 : {tile};\n"
-           f"{t} acc[{mb}][{tile}];\n"
+           f"{t} acc[{mb}][{tile}] {ALIGNED};\n"
            + _nest([("j", mb)], _for("ol", "tn", f"acc[j][ol] = {bias};")) + "\n"
            + _for("c", cg, channel) + "\n"
            + _nest([("j", mb)], _for("ol", "tn", store)))
@@ -149,8 +165,175 @@ def _row_kernel(ctx: KernelContext, transposed: bool) -> str:
     return _nest([("n", g["N"]), ("g", g["G"])], blocks)
 
 
+def _gemm_tiles(mg: int, r: int, positions: int, itemsize: int) -> tuple[int, int]:
+    """(P, RC): output positions per tile and reduction rows per im2col chunk."""
+    p = ACC_BYTES // (mg * itemsize)
+    p = max(8, min(256, p - p % 8, -(-positions // 8) * 8))
+    rc = COL_BYTES // (p * itemsize)
+    return p, max(1, min(r, rc - rc % 4))
+
+
+def _im2col_conv(ctx: KernelContext) -> str:
+    """conv as tiles of a matrix product: out[m, p] += w[m, r] * col[r, p] (col = im2col).
+
+    For each tile of P flat output positions and each chunk of RC rows r = (c, kernel tap),
+    col holds the input values (0 in the padding); every output channel of the group then
+    takes the chunk with r unrolled by 4 and a fixed-length p loop, which gcc vectorizes.
+    """
+    x, w, y = ctx.in_types[0].shape, ctx.in_types[1].shape, ctx.out_types[0].shape
+    a, t = ctx.attrs, ctx.t(0)
+    nd, group = len(x) - 2, a["group"]
+    I, K, O = x[2:], w[2:], y[2:]  # noqa: E741
+    cg, mg = x[1] // group, y[1] // group
+    k_size, positions = math.prod(K), math.prod(O)
+    r_size = cg * k_size
+    tile, chunk = _gemm_tiles(mg, r_size, positions, ctx.in_types[0].itemsize)
+    o_st, k_st = strides(O), strides(K)
+
+    starts = "\n".join(f"ib{j}[p] = ((o / {o_st[j]}) % {O[j]}) * {a['strides'][j]} - "
+                        f"{a['pads'][j]};" for j in range(nd))
+    past_end = "ib0[p] = -(INT64_C(1) << 40);" + "".join(f" ib{j}[p] = 0;" for j in range(1, nd))
+    windows = ("".join(f"int64_t ib{j}[{tile}];\n" for j in range(nd))
+               + _for("p", tile, f"const int64_t o = p0 + p;\nif (o < {positions}) {{\n"
+                      f"{_indent(starts)}\n}} else {{\n    {past_end}\n}}"))
+    taps = "\n".join(f"const int64_t k{j} = (kf / {k_st[j]}) % {K[j]} * {a['dilations'][j]};"
+                      for j in range(nd))
+    coords = "\n".join(f"const int64_t i{j} = ib{j}[p] + k{j};" for j in range(nd))
+    inside = " && ".join(f"i{j} >= 0 && i{j} < {I[j]}" for j in range(nd))
+    fill = _for("rr", "rn", (
+        f"const int64_t r = r0 + rr, c = r / {k_size}, kf = r % {k_size};\n{taps}\n"
+        f"const {t}* restrict xc = {ctx.ins[0]} + (n * {x[1]} + g * {cg} + c) * {math.prod(I)};\n"
+        + _for("p", tile, f"{coords}\ncol[rr][p] = ({inside}) ? "
+                          f"xc[{_flat([f'i{j}' for j in range(nd)], I)}] : 0;")))
+    sum4 = " + ".join(f"w{q} * col[rr + {q}][p]" for q in range(4))
+    product = _for("m", mg, (
+        f"const {t}* restrict wm = {ctx.ins[1]} + (g * {mg} + m) * {r_size} + r0;\n"
+        "int64_t rr = 0;\n"
+        "for (; rr + 4 <= rn; rr += 4) {\n"
+        + _indent("".join(f"const {t} w{q} = wm[rr + {q}];\n" for q in range(4))
+                  + _for("p", tile, f"acc[m][p] += {sum4};")) + "\n}\n"
+        "for (; rr < rn; ++rr) {\n"
+        + _indent(f"const {t} w0 = wm[rr];\n" + _for("p", tile, "acc[m][p] += w0 * col[rr][p];"))
+        + "\n}"))
+    bias = f"{ctx.ins[2]}[g * {mg} + m]" if len(ctx.ins) == 3 else lit(0, ctx.in_types[0].dtype)
+    store = ctx.store(f"(n * {y[1]} + g * {mg} + m) * {positions} + p0 + p", "acc[m][p]")
+    body = (f"const int64_t pn = {positions} - p0 < {tile} ? {positions} - p0 : {tile};\n"
+            f"{windows}\n{t} acc[{mg}][{tile}] {ALIGNED};\n"
+            + _nest([("m", mg), ("p", tile)], f"acc[m][p] = {bias};") + "\n"
+            f"for (int64_t r0 = 0; r0 < {r_size}; r0 += {chunk}) {{\n"
+            + _indent(f"const int64_t rn = {r_size} - r0 < {chunk} ? {r_size} - r0 : {chunk};\n"
+                      f"{t} col[{chunk}][{tile}] {ALIGNED};\n{fill}\n{product}") + "\n}\n"
+            + _for("m", mg, _for("p", "pn", store)))
+    tiles = f"for (int64_t p0 = 0; p0 < {positions}; p0 += {tile}) {{\n{_indent(body)}\n}}"
+    return _nest([("n", x[0]), ("g", group)], tiles)
+
+
+@dataclass(frozen=True)
+class _Plane:
+    """One input plane copied into a local array `xp` with its padding filled in, so that
+    every window reads it without bounds checks (the ceil_mode overhang included).
+
+    Each row is stored as `split` (the last stride) interleaved sub-rows, column c at
+    sub-row c % split, offset c / split: a tap then reads consecutive output columns from
+    consecutive addresses, and gcc vectorizes the row loop for any stride.
+    """
+
+    shape: tuple[int, ...]  # the input plane's spatial shape
+    padded: tuple[int, ...]
+    begins: tuple[int, ...]
+    split: int
+
+    @classmethod
+    def of(cls, ctx: KernelContext, kernel: tuple[int, ...]) -> _Plane:
+        shape, out = ctx.in_types[0].shape[2:], ctx.out_types[0].shape[2:]
+        a, nd = ctx.attrs, len(kernel)
+        padded = tuple(max(shape[j] + a["pads"][j] + a["pads"][nd + j],
+                           (out[j] - 1) * a["strides"][j] + (kernel[j] - 1) * a["dilations"][j]
+                           + 1) for j in range(nd))
+        return cls(tuple(shape), padded, tuple(a["pads"][:nd]), a["strides"][-1])
+
+    @property
+    def width(self) -> int:
+        """Elements in one sub-row."""
+        return -(-self.padded[-1] // self.split)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.padded[:-1]) * self.split * self.width
+
+    def fits(self, ctx: KernelContext) -> bool:
+        return self.size * ctx.in_types[0].itemsize <= PLANE_BYTES
+
+    def declare(self, t: str) -> str:
+        return f"{t} xp[{self.size}] {ALIGNED};"
+
+    def _at(self, row: str, col: str) -> str:
+        """C: the offset of padded column `col` of padded row `row` (flat over outer dims)."""
+        if self.split == 1:
+            return f"({row}) * {self.width} + {col}"
+        return f"(({row}) * {self.split} + ({col}) % {self.split}) * {self.width} + " \
+               f"({col}) / {self.split}"
+
+    def fill(self, fill: str) -> str:
+        """C: xp = the plane at `xc`, surrounded by fill."""
+        nd = len(self.shape)
+        row = _flat([f"(i{j} + {self.begins[j]})" for j in range(nd - 1)], self.padded[:-1])
+        at = self._at(row, f"i{nd - 1} + {self.begins[-1]}")
+        copy = _nest([(f"i{j}", self.shape[j]) for j in range(nd)],
+                     f"xp[{at}] = xc[{_flat([f'i{j}' for j in range(nd)], self.shape)}];")
+        return _for("q", self.size, f"xp[q] = {fill};") + "\n" + copy
+
+    def rows(self, ctx: KernelContext, kernel: tuple[int, ...], init: str, tap: str,
+             store: str) -> str:
+        """C: for each output row (o0, o1, ...): acc[ol] = init; run tap for each kernel tap
+        (`xr[ol]`: the value it reads for output column ol, `kidx`: its flat index); store."""
+        a, t = ctx.attrs, ctx.t(0)
+        out = ctx.out_types[0].shape[2:]
+        nd = len(out)
+        row = _flat([f"(o{j} * {a['strides'][j]} + k{j} * {a['dilations'][j]})"
+                     for j in range(nd - 1)], self.padded[:-1])
+        kidx = _flat([f"k{j}" for j in range(nd)], kernel)
+        start = self._at(row, f"k{nd - 1} * {a['dilations'][-1]}")
+        taps = _nest([(f"k{j}", kernel[j]) for j in range(nd)],
+                     f"const int64_t kidx = {kidx};\n"
+                     f"const {t}* restrict xr = xp + {start};\n{tap}")
+        body = (f"{t} acc[{out[-1]}] {ALIGNED};\n" + _for("ol", out[-1], f"acc[ol] = {init};")
+                + f"\n{taps}\n" + _for("ol", out[-1], store))
+        return _nest([(f"o{j}", out[j]) for j in range(nd - 1)], body)
+
+
+def _out_index(ctx: KernelContext, plane: str) -> str:
+    """C: the flat output index of (o0, ..., ol) in output plane `plane`."""
+    out = ctx.out_types[0].shape[2:]
+    coords = [f"o{j}" for j in range(len(out) - 1)] + ["ol"]
+    return f"({plane}) * {math.prod(out)} + {_flat(coords, out)}"
+
+
+def _depthwise_conv(ctx: KernelContext, plane: _Plane) -> str:
+    """conv with one input channel per group, over its zero-padded local copy."""
+    x, w, y = ctx.in_types[0].shape, ctx.in_types[1].shape, ctx.out_types[0].shape
+    t, group = ctx.t(0), ctx.attrs["group"]
+    mg = y[1] // group
+    tap = (f"const {t} wv = wc[kidx];\n"
+           + _for("ol", y[-1], "acc[ol] += wv * xr[ol];"))
+    bias = f"{ctx.ins[2]}[g * {mg} + m]" if len(ctx.ins) == 3 else lit(0, ctx.in_types[0].dtype)
+    store = ctx.store(_out_index(ctx, f"n * {y[1]} + g * {mg} + m"), "acc[ol]")
+    channel = (f"const {t}* restrict xc = {ctx.ins[0]} + (n * {x[1]} + g) * {math.prod(x[2:])};\n"
+               + plane.fill(lit(0, ctx.in_types[0].dtype)) + "\n"
+               + _for("m", mg, f"const {t}* restrict wc = {ctx.ins[1]} + (g * {mg} + m) * "
+                               f"{math.prod(w[2:])};\n"
+                      + plane.rows(ctx, w[2:], bias, tap, store)))
+    return plane.declare(t) + "\n" + _nest([("n", x[0]), ("g", group)], channel)
+
+
 @kernel("conv")
 def _conv(ctx: KernelContext) -> str:
+    per_group = ctx.out_types[0].shape[1] // ctx.attrs["group"]
+    if per_group >= GEMM_MIN_CHANNELS:
+        return _im2col_conv(ctx)
+    plane = _Plane.of(ctx, ctx.in_types[1].shape[2:])
+    if ctx.in_types[1].shape[1] == 1 and plane.fits(ctx):
+        return _depthwise_conv(ctx, plane)
     return _row_kernel(ctx, transposed=False)
 
 
@@ -197,16 +380,37 @@ def _pool(ctx: KernelContext, init: str, visit: str, result: str, *,
     return _for("nc", x[0] * x[1], plane + body)
 
 
+def _max_of(acc: str, v: str, dtype: str) -> str:
+    """C: the larger of acc and v; a NaN v wins, and a NaN acc stays (as in NumPy). The
+    comparisons are combined with | so that gcc emits selects, not branches."""
+    nan = f" | ({v} != {v})" if is_float(dtype) else ""
+    return f"(({v} > {acc}){nan}) ? {v} : {acc}"
+
+
 def _max_update(dtype: str) -> str:
-    """C: fold `v` into `acc` keeping the maximum (a NaN wins and stays, as in NumPy)."""
-    nan = " || v != v" if is_float(dtype) else ""
-    return f"if (v > acc{nan}) acc = v;"
+    """C: fold `v` into `acc` keeping the maximum."""
+    return f"acc = {_max_of('acc', 'v', dtype)};"
+
+
+def _plane_pool(ctx: KernelContext, plane: _Plane, fill: str, tap: str, result: str,
+                prologue: str = "") -> str:
+    x = ctx.in_types[0].shape
+    store = ctx.store(_out_index(ctx, "nc"), result)
+    body = (f"const {ctx.t(0)}* restrict xc = {ctx.ins[0]} + nc * {math.prod(x[2:])};\n"
+            + plane.fill(fill) + "\n"
+            + plane.rows(ctx, tuple(ctx.attrs["kernel_shape"]), fill, tap, store))
+    return f"{prologue}{plane.declare(ctx.t(0))}\n" + _for("nc", x[0] * x[1], body)
 
 
 @kernel("max_pool")
 def _max_pool(ctx: KernelContext) -> str:
     dtype = ctx.in_types[0].dtype
-    return _pool(ctx, f"{ctx.t(0)} acc = {_lowest(dtype)};", _max_update(dtype), "acc")
+    plane = _Plane.of(ctx, tuple(ctx.attrs["kernel_shape"]))
+    if not plane.fits(ctx):
+        return _pool(ctx, f"{ctx.t(0)} acc = {_lowest(dtype)};", _max_update(dtype), "acc")
+    tap = _for("ol", ctx.out_types[0].shape[-1],
+               f"const {ctx.t(0)} v = xr[ol];\nacc[ol] = {_max_of('acc[ol]', 'v', dtype)};")
+    return _plane_pool(ctx, plane, _lowest(dtype), tap, "acc[ol]")
 
 
 @kernel("max_pool_argmax")
@@ -223,13 +427,35 @@ def _max_pool_argmax(ctx: KernelContext) -> str:
     return _pool(ctx, init, visit, "arg")
 
 
+def _window_counts(ctx: KernelContext, j: int) -> list[int]:
+    """Per output position along dim j: the window taps that count in an average."""
+    a, size = ctx.attrs, ctx.in_types[0].shape[2 + j]
+    nd = len(a["kernel_shape"])
+    lo, hi = (-a["pads"][j], size + a["pads"][nd + j]) if a["count_include_pad"] else (0, size)
+    counts = []
+    for o in range(ctx.out_types[0].shape[2 + j]):
+        start = o * a["strides"][j] - a["pads"][j]
+        taps = (start + k * a["dilations"][j] for k in range(a["kernel_shape"][j]))
+        counts.append(sum(lo <= i < hi for i in taps))
+    return counts
+
+
 @kernel("avg_pool")
 def _avg_pool(ctx: KernelContext) -> str:
     t = ctx.t(0)
     include = ctx.attrs["count_include_pad"]
-    visit = "acc += v;" if include else "acc += v;\ncnt += 1;"
-    return _pool(ctx, f"{t} acc = 0;\nint64_t cnt = 0;", visit, f"acc / ({t})cnt",
-                 include_pad=include)
+    plane = _Plane.of(ctx, tuple(ctx.attrs["kernel_shape"]))
+    if not plane.fits(ctx):
+        visit = "acc += v;" if include else "acc += v;\ncnt += 1;"
+        return _pool(ctx, f"{t} acc = 0;\nint64_t cnt = 0;", visit, f"acc / ({t})cnt",
+                     include_pad=include)
+    nd = len(ctx.attrs["kernel_shape"])
+    tables = "".join(f"static const {t} counts{j}[] = {{"
+                     f"{', '.join(map(str, _window_counts(ctx, j)))}}};\n" for j in range(nd))
+    divisor = " * ".join(f"counts{j}[o{j}]" for j in range(nd - 1)) or "1"
+    tap = _for("ol", ctx.out_types[0].shape[-1], "acc[ol] += xr[ol];")
+    result = f"acc[ol] / ({divisor} * counts{nd - 1}[ol])"
+    return _plane_pool(ctx, plane, lit(0, ctx.in_types[0].dtype), tap, result, tables)
 
 
 def _global_pool(ctx: KernelContext, init: str, update: str, result: str) -> str:
@@ -270,7 +496,7 @@ def _lrn(ctx: KernelContext) -> str:
              f"{lit(a['beta'], dtype)})")
     plane = f"{ctx.ins[0]} + (n * {c} + c) * {size}"
     body = (f"const int64_t tn = {size} - t0 < {tile} ? {size} - t0 : {tile};\n"
-            f"{t} sums[{tile}];\n" + _for("s", "tn", "sums[s] = 0;") + "\n"
+            f"{t} sums[{tile}] {ALIGNED};\n" + _for("s", "tn", "sums[s] = 0;") + "\n"
             f"const int64_t c_lo = c - {before} < 0 ? 0 : c - {before};\n"
             f"const int64_t c_hi = c + {after} >= {c} ? {c - 1} : c + {after};\n"
             + _for("cc", "c_hi + 1", f"const {t}* restrict xq = {ctx.ins[0]} + "
@@ -285,25 +511,38 @@ def _lrn(ctx: KernelContext) -> str:
 # ---- normalizations
 
 
-def _moments(x: str, index: str, size: int) -> str:
-    """C: `mean` and biased `var` (double) of x[index] for r < size."""
-    return ("double mean = 0.0, var = 0.0;\n"
-            + _for("r", size, f"mean += {x}[{index}];") + f"\nmean /= {size};\n"
-            + _for("r", size, f"const double dv = {x}[{index}] - mean;\nvar += dv * dv;")
-            + f"\nvar /= {size};")
+def _lane_sum(total: str, term: Callable[[str], str], size: int) -> str:
+    """C: double `total` = the sum of term(r) for r < size, in LANES independent partial sums
+    (a reduction gcc vectorizes without reassociating floating-point math)."""
+    main = size - size % LANES
+    body = (f"double lane[{LANES}] {ALIGNED};\n" + _for("u", LANES, "lane[u] = 0.0;") + "\n"
+            f"for (int64_t r = 0; r < {main}; r += {LANES}) {{\n"
+            + _indent(_for("u", LANES, f"lane[u] += {term('r + u')};")) + "\n}\n"
+            + _for("r", size, f"lane[0] += {term('r')};", start=main) + "\n"
+            f"{total} = " + " + ".join(f"lane[{u}]" for u in range(LANES)) + ";")
+    return f"double {total};\n{{\n{_indent(body)}\n}}"
+
+
+def _moments(x: str, index: Callable[[str], str], size: int) -> str:
+    """C: `mean` and biased `var` (double) of x[index(r)] for r < size."""
+    def dev(r: str) -> str:
+        return f"(({x}[{index(r)}] - mean) * ({x}[{index(r)}] - mean))"
+
+    return (_lane_sum("mean", lambda r: f"{x}[{index(r)}]", size) + f"\nmean /= {size};\n"
+            + _lane_sum("var", dev, size) + f"\nvar /= {size};")
 
 
 def _rows(ctx: KernelContext, groups: int, size: int, setup: str, value: str,
-          index: str | None = None) -> str:
+          index: Callable[[str], str] | None = None) -> str:
     """Normalize each group g of `size` elements: moments, then setup, then store value(v).
 
     index: C expression of x's flat index of element r of group g (default: contiguous).
     """
-    index = index or f"g * {size} + r"
+    index = index or (lambda r: f"g * {size} + {r}")
     x = ctx.ins[0]
     body = (_moments(x, index, size) + f"\n{setup}\n"
-            + _for("r", size, f"const {ctx.t(0)} v = {x}[{index}];\n"
-                   + ctx.store(index, value)))
+            + _for("r", size, f"const {ctx.t(0)} v = {x}[{index('r')}];\n"
+                   + ctx.store(index("r"), value)))
     return _for("g", groups, body)
 
 
@@ -353,11 +592,28 @@ def _layer_norm(ctx: KernelContext) -> str:
     return _rows(ctx, groups, size, f"{_inv_std(ctx)}\nconst {t} mu = ({t})mean;", value)
 
 
+@kernel("rms_norm")
+def _rms_norm(ctx: KernelContext) -> str:
+    groups, size = _layer_groups(ctx)
+    inner = ctx.in_types[0].shape[ctx.attrs["axis"]:]
+    x = ctx.ins[0]
+    scale = f"{ctx.ins[1]}[{broadcast_index(ctx.in_types[1].shape, inner, 'r')}]"
+
+    def square(r: str) -> str:
+        return f"((double){x}[g * {size} + {r}] * {x}[g * {size} + {r}])"
+
+    store = ctx.store(f"g * {size} + r", f"{x}[g * {size} + r] * inv * {scale}")
+    body = (_lane_sum("total", square, size) + f"\n{_inv_std(ctx, f'total / {size}')}\n"
+            + _for("r", size, store))
+    return _for("g", groups, body)
+
+
 @kernel("layer_norm_stats", epilogue=False)
 def _layer_norm_stats(ctx: KernelContext) -> str:
     groups, size = _layer_groups(ctx)
     t = ctx.t(0)
-    body = (_moments(ctx.ins[0], f"g * {size} + r", size) + "\n" + _inv_std(ctx) + "\n"
+    body = (_moments(ctx.ins[0], lambda r: f"g * {size} + {r}", size) + "\n" + _inv_std(ctx)
+            + "\n"
             f"{ctx.outs[0]}[g] = ({t})mean;\n{ctx.outs[1]}[g] = inv;")
     return _for("g", groups, body)
 
@@ -378,7 +634,9 @@ def _mean_variance_norm(ctx: KernelContext) -> str:
         return " + ".join(terms) if terms else "0"
 
     t = ctx.t(0)
-    index = f"{offset('g', kept)} + {offset('r', reduced)}"
+    def index(r: str) -> str:
+        return f"{offset('g', kept)} + {offset(f'({r})', reduced)}"
+
     setup = (f"const {t} mu = ({t})mean;\n"
              f"const {t} inv = ({t})(1.0 / (sqrt(var) + {lit(MVN_EPSILON, 'float64')}));")
     groups = math.prod(shape[d] for d in kept)

@@ -18,22 +18,23 @@ from string import Template
 import numpy as np
 
 from ...ops.reduce import REDUCTIONS
-from .registry import KernelContext, ctype, is_float, kernel, lit, mathfn, strides
+from .registry import ALIGNED, KernelContext, ctype, is_float, kernel, lit, mathfn, strides
 
 # Most kept contiguous positions reduced side by side (local accumulator arrays).
 TILE = 256
-# Most elements of the per-row scratch that lets softmax compute each exp once.
+# Longest softmax row kept in a local array (each exp computed once).
 SCRATCH = 8192
+# Independent partial results of a row reduction: one vector of floats.
+LANES = 8
 
 
 @dataclass(frozen=True)
 class Acc:
-    """A local of the walk: one per kept position, or one per element (`per_element`)."""
+    """A local of the walk, one per kept position: name, C type and initial value."""
 
     name: str
     ctype: str
     init: str | None = None
-    per_element: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def _flat_offset(var: str, dims: list[tuple[int, int]]) -> str:
 
 
 def _walk(ctx: KernelContext, axes: tuple[int, ...], accs: list[Acc], steps: list[Step],
-          final: str | None = None, tile: int = TILE) -> str:
+          final: str | None = None) -> str:
     """The kernel body: accumulate over `axes` of input 0; `final` is stored per kept position."""
     if ctx.out_types[0].numel == 0:
         return ""
@@ -88,15 +89,12 @@ def _walk(ctx: KernelContext, axes: tuple[int, ...], accs: list[Acc], steps: lis
     kept = [(n, s) for n, s, r in dims if not r]
     red = [(n, s) for n, s, r in dims if r]
     inner = kept.pop()[0] if red and not dims[-1][2] else 1
-    width = min(inner, tile)
+    width = min(inner, TILE)
     tiled = width > 1
-    n_red = math.prod(n for n, _ in red)
 
-    sub = {a.name: f"{a.name}[t]" if tiled else a.name for a in accs if not a.per_element}
+    sub = {a.name: f"{a.name}[t]" if tiled else a.name for a in accs}
     r_flat = " + ".join(_times(f"r{j}", math.prod(n for n, _ in red[j + 1:]))
                         for j in range(len(red))) or "0"
-    sub.update({a.name: f"{a.name}[({r_flat}) * {width} + t]" if tiled else f"{a.name}[{r_flat}]"
-                for a in accs if a.per_element})
     index = " + ".join(["ob"] + [_times(f"r{j}", s) for j, (_, s) in enumerate(red)]
                        + (["t0 + t"] if tiled else []))
     sub.update(r=f"({r_flat})", i=f"({index})")
@@ -112,14 +110,12 @@ def _walk(ctx: KernelContext, axes: tuple[int, ...], accs: list[Acc], steps: lis
         rest = f"({inner} - t0 < {width} ? {inner} - t0 : {width})"
         lines.append(f"const int64_t nt = {width if inner % width == 0 else rest};")
     for a in accs:
-        if a.per_element:
-            lines.append(f"{a.ctype} {a.name}[{max(1, n_red * width)}];")
-        elif tiled:
-            lines.append(f"{a.ctype} {a.name}[{width}];")
+        if tiled:
+            lines.append(f"{a.ctype} {a.name}[{width}] {ALIGNED};")
             if a.init is not None:
                 lines.append(per_t(f"{a.name}[t] = {a.init};"))
         else:
-            lines.append(f"{a.ctype} {a.name}" + (f" = {a.init};" if a.init else ";"))
+            lines.append(f"{a.ctype} {a.name}" + (";" if a.init is None else f" = {a.init};"))
     load = f"const {t_in} x = {ctx.ins[0]}[{index}];"
     for step in steps:
         if not step.each:
@@ -265,39 +261,73 @@ _arg_kernel("argmax", True)
 _arg_kernel("argmin", False)
 
 
-def _row_tile(ctx: KernelContext) -> int:
-    """Kept positions per tile for a softmax-like op so its scratch fits SCRATCH elements."""
-    return min(TILE, max(1, SCRATCH // max(1, ctx.in_types[0].shape[ctx.attrs["axis"]])))
+def _exp(dtype: str) -> str:
+    """The exp of softmax-like kernels: the vectorizable prelude expf for float32."""
+    return "kiln_expf" if dtype == "float32" else mathfn("exp", dtype)
 
 
-@kernel("softmax")
-def _softmax(ctx: KernelContext) -> str:
+def _softmax_rows(ctx: KernelContext, log: bool) -> str:
+    """(Log-)softmax of contiguous rows that fit SCRATCH: every loop vectorizes at -O2 (max
+    and sum in LANES independent partials, exps into a local row), one exp per element."""
     t, dtype = ctx.t(0), ctx.in_types[0].dtype
-    exp = mathfn("exp", dtype)
-    scratch = ctx.in_types[0].shape[ctx.attrs["axis"]] <= SCRATCH  # each exp computed once
-    accs = [Acc("m", t, lit(-math.inf, dtype)), Acc("s", "double", "0.0"), Acc("inv", t)]
-    steps = [Step("$m = x > $m ? x : $m;")]
-    if scratch:
-        accs.append(Acc("ex", t, per_element=True))
-        steps += [Step(f"{{ const {t} e = {exp}(x - $m); $ex = e; $s += e; }}"),
-                  Step(f"$inv = ({t})(1.0 / $s);", each=False),
-                  Step(ctx.store("$i", "$ex * $inv"))]
+    n = ctx.in_types[0].shape[ctx.attrs["axis"]]
+    full, lanes = n - n % LANES, LANES
+    if log:
+        finish = f"const {t} ls = ({t})log(s);", "(xr[r] - m) - ls"
     else:
-        steps += [Step(f"$s += {exp}(x - $m);"),
-                  Step(f"$inv = ({t})(1.0 / $s);", each=False),
-                  Step(ctx.store("$i", f"{exp}(x - $m) * $inv"))]
-    return _walk(ctx, (ctx.attrs["axis"],), accs, steps, tile=_row_tile(ctx))
+        finish = f"const {t} inv = ({t})(1.0 / s);", "ex[r] * inv"
+    return f"""for (int64_t o = 0; o < {ctx.out_types[0].numel // n}; ++o) {{
+const {t}* xr = {ctx.ins[0]} + o * {n};
+{t} mv[{lanes}] {ALIGNED};
+for (int l = 0; l < {lanes}; ++l) mv[l] = {lit(-math.inf, dtype)};
+for (int64_t r = 0; r < {full}; r += {lanes})
+  for (int l = 0; l < {lanes}; ++l) mv[l] = xr[r + l] > mv[l] ? xr[r + l] : mv[l];
+for (int w = {lanes // 2}; w > 0; w /= 2)
+  for (int l = 0; l < w; ++l) mv[l] = mv[l + w] > mv[l] ? mv[l + w] : mv[l];
+{t} m = mv[0];
+for (int64_t r = {full}; r < {n}; ++r) m = xr[r] > m ? xr[r] : m;
+{t} ex[{n}] {ALIGNED};
+for (int64_t r = 0; r < {n}; ++r) ex[r] = {_exp(dtype)}(xr[r] - m);
+double sv[{lanes}] {ALIGNED};
+for (int l = 0; l < {lanes}; ++l) sv[l] = 0.0;
+for (int64_t r = 0; r < {full}; r += {lanes})
+  for (int l = 0; l < {lanes}; ++l) sv[l] += ex[r + l];
+for (int w = {lanes // 2}; w > 0; w /= 2)
+  for (int l = 0; l < w; ++l) sv[l] += sv[l + w];
+double s = sv[0];
+for (int64_t r = {full}; r < {n}; ++r) s += ex[r];
+{finish[0]}
+for (int64_t r = 0; r < {n}; ++r) {ctx.store(f"o * {n} + r", finish[1])}
+}}"""
 
 
-@kernel("log_softmax")
-def _log_softmax(ctx: KernelContext) -> str:
+def _softmax_walk(ctx: KernelContext, log: bool) -> str:
+    """(Log-)softmax along any axis with the walker (exps computed again when storing)."""
     t, dtype = ctx.t(0), ctx.in_types[0].dtype
-    accs = [Acc("m", t, lit(-math.inf, dtype)), Acc("s", "double", "0.0"), Acc("ls", t)]
-    steps = [Step("$m = x > $m ? x : $m;"),
-             Step(f"$s += {mathfn('exp', dtype)}(x - $m);"),
-             Step(f"$ls = ({t})log($s);", each=False),
-             Step(ctx.store("$i", "(x - $m) - $ls"))]
+    exp = _exp(dtype)
+    if log:
+        last, once, value = "ls", f"$ls = ({t})log($s);", "(x - $m) - $ls"
+    else:
+        last, once, value = "inv", f"$inv = ({t})(1.0 / $s);", f"{exp}(x - $m) * $inv"
+    accs = [Acc("m", t, lit(-math.inf, dtype)), Acc("s", "double", "0.0"), Acc(last, t)]
+    steps = [Step("$m = x > $m ? x : $m;"), Step(f"$s += {exp}(x - $m);"),
+             Step(once, each=False), Step(ctx.store("$i", value))]
     return _walk(ctx, (ctx.attrs["axis"],), accs, steps)
+
+
+def _softmax_kernel(op: str, log: bool) -> None:
+    def template(ctx: KernelContext) -> str:
+        shape, axis = ctx.in_types[0].shape, ctx.attrs["axis"]
+        rows = math.prod(shape[axis + 1:]) == 1 and 0 < shape[axis] <= SCRATCH
+        if rows and ctx.out_types[0].numel:
+            return _softmax_rows(ctx, log)
+        return _softmax_walk(ctx, log)
+
+    kernel(op)(template)
+
+
+_softmax_kernel("softmax", False)
+_softmax_kernel("log_softmax", True)
 
 
 @kernel("hardmax")

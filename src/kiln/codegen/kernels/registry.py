@@ -33,6 +33,11 @@ C_TYPES = {
     "bool": "uint8_t",
 }
 
+# Attribute for kernel-local arrays: gcc 12 with -march=native on AVX-512 hosts can place a
+# small local array misaligned in the red zone, then use aligned vector moves on it (a
+# crash); an explicit alignment makes it realign the frame.
+ALIGNED = "__attribute__((aligned(64)))"
+
 
 def ctype(dtype: str) -> str:
     """The C type that stores one element of dtype."""

@@ -164,17 +164,16 @@ def _lrn(cx: ConvertContext) -> list[Value]:
 
 
 @converter("BatchNormalization")
-def _batch_norm(cx: ConvertContext) -> list[Value | None]:
-    if cx.attr("training_mode", 0):
-        raise UnsupportedOpError(f"{cx.where()}: training mode is not supported (kiln "
-                                 "compiles inference only)")
+def _batch_norm(cx: ConvertContext) -> list[Value]:
+    # Before opset 14, asking for the statistics outputs is what selects training mode.
+    if cx.attr("training_mode", 0) or (cx.opset < 14 and any(cx.node.output[1:])):
+        raise UnsupportedOpError(f"{cx.where()}: training mode (batch statistics, running "
+                                 "mean/var outputs) is not supported; kiln compiles inference")
     if not cx.attr("spatial", 1) and cx.input(0).type.rank > 2:
         raise UnsupportedOpError(f"{cx.where()}: spatial=0 (per-element statistics) is not "
                                  "supported")
     inputs = [cx.input(i) for i in range(5)]
-    y = cx.emit1("batch_norm", inputs, {"epsilon": float(cx.attr("epsilon", 1e-5))})
-    # Outputs 1.. (running and saved statistics) exist only in training mode.
-    return [y] + [None] * (len(cx.node.output) - 1)
+    return [cx.emit1("batch_norm", inputs, {"epsilon": float(cx.attr("epsilon", 1e-5))})]
 
 
 @converter("InstanceNormalization")
@@ -183,21 +182,32 @@ def _instance_norm(cx: ConvertContext) -> list[Value]:
     return [cx.emit1("instance_norm", inputs, {"epsilon": float(cx.attr("epsilon", 1e-5))})]
 
 
-@converter("LayerNormalization")
-def _layer_norm(cx: ConvertContext) -> list[Value]:
-    x = cx.input(0)
+def _norm_attrs(cx: ConvertContext, x: Value) -> dict:
+    """axis (normalized) and epsilon of LayerNormalization / RMSNormalization."""
     axis = int(cx.attr("axis", -1))
     if not -x.type.rank <= axis < x.type.rank:
         raise ShapeError(f"{cx.where()}: axis {axis} out of range for input {x.type}")
-    attrs = {"axis": axis % x.type.rank, "epsilon": float(cx.attr("epsilon", 1e-5))}
+    return {"axis": axis % x.type.rank, "epsilon": float(cx.attr("epsilon", 1e-5))}
+
+
+@converter("RMSNormalization")
+def _rms_norm(cx: ConvertContext) -> list[Value]:
+    x = cx.input(0)
+    return [cx.emit1("rms_norm", [x, cx.input(1)], _norm_attrs(cx, x))]
+
+
+@converter("LayerNormalization")
+def _layer_norm(cx: ConvertContext) -> list[Value]:
+    x = cx.input(0)
+    attrs = _norm_attrs(cx, x)
     inputs = [x, cx.input(1)] + ([cx.input(2)] if cx.has_input(2) else [])
     outputs = [cx.emit1("layer_norm", inputs, attrs)]
     if any(cx.node.output[1:]):  # Mean and InvStdDev
         names = [f"{cx.name}_mean", f"{cx.name}_invstd"]
         for k, name in enumerate(cx.node.output[1:3]):
             names[k] = name or names[k]
-        outputs += cx.builder.emit("layer_norm_stats", [x], {"axis": attrs["axis"],
-                                   "epsilon": attrs["epsilon"]}, name=cx.name, out_names=names)
+        outputs += cx.builder.emit("layer_norm_stats", [x], attrs, name=cx.name,
+                                   out_names=names)
     return outputs
 
 
