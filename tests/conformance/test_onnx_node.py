@@ -26,7 +26,7 @@ lpnormalization lrn matmul max maxpool mean min mish mod mul mvn neg not onehot 
 range reciprocal reduce_l1 reduce_l2 reduce_log_sum reduce_log_sum_exp reduce_max reduce_mean
 reduce_min reduce_prod reduce_sum reduce_sum_square reflect_pad relu reshape resize
 rms_normalization round selu shape sigmoid sign sin size slice softmax softplus softsign
-spacetodepth split sqrt squeeze sub sum tanh thresholded_relu tile topk transpose tril triu
+spacetodepth split sqrt squeeze sub sum tanh thresholded_relu tile top_k transpose tril triu
 unsqueeze upsample where wrap_pad xor
 """.split()
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...ops.nn import MVN_EPSILON, lrn_window
-from .registry import KernelContext, broadcast_index, is_float, kernel, lit, strides
+from .registry import ALIGNED, KernelContext, broadcast_index, is_float, kernel, lit, strides
 
 GEMM_MIN_CHANNELS = 8  # output channels per group from which conv takes the im2col kernel
 ACC_BYTES = 32 * 1024  # im2col conv: accumulator tile (output channels x positions)
@@ -28,10 +28,6 @@ ROW_TILE = 256  # row kernel: output elements of one row kept in the accumulator
 CHANNEL_BLOCKS = (4, 2, 1)  # row kernel: output channels computed together (first divisor)
 PLANE_BYTES = 256 * 1024  # depthwise conv, pools: largest padded plane copied to the stack
 LANES = 8  # normalizations: partial sums of a reduction
-# Local arrays are over-aligned: gcc 12 with -mtune=skylake-avx512 and later (so with
-# -march=native there) can place a small array in the red zone misaligned, then use aligned
-# vector moves on it (a crash); an explicit alignment makes it realign the frame.
-ALIGNED = "__attribute__((aligned(64)))"
 
 
 def _for(var: str, count: int | str, body: str, *, start: int | str = 0) -> str:

@@ -6,6 +6,8 @@ accumulators (locals) and may store per element; a reduction stores each output 
 the end. When the innermost (contiguous) dimension is kept, up to TILE positions of it are
 reduced side by side in local arrays, so the inner loop is contiguous and vectorizable.
 Floats accumulate sums in double; integers in uint64_t (wrap-around, no signed overflow).
+Softmax over contiguous rows (attention scores) has its own fully vectorizable kernel using
+the prelude's `kiln_expf`; top-k keeps a heap in its outputs.
 """
 
 from __future__ import annotations
@@ -171,17 +173,22 @@ def _mean(dtype: str, count: int) -> str:
     return f"({t})($s / UINT64_C({count}))"
 
 
-def _extreme(dtype: str, largest: bool) -> tuple[str, str]:
-    """(initial value, update of $m) of a max (largest) or min reduction; NaN propagates."""
-    cmp = ">" if largest else "<"
+def _worst(dtype: str, largest: bool) -> str:
+    """C literal that every value beats in a max (largest) or min search."""
     if dtype == "bool":
-        return lit(not largest, dtype), f"$m = x {cmp} $m ? x : $m;"
+        return lit(not largest, dtype)
     if is_float(dtype):
-        init = lit(-math.inf if largest else math.inf, dtype)
-        return init, f"$m = (x {cmp} $m || x != x) ? x : $m;"
+        return lit(-math.inf if largest else math.inf, dtype)
     info = np.iinfo(dtype)
-    init = lit(info.min if largest else info.max, dtype)
-    return init, f"$m = x {cmp} $m ? x : $m;"
+    return lit(info.min if largest else info.max, dtype)
+
+
+def _extreme(dtype: str, largest: bool) -> str:
+    """The update of $m in a max (largest) or min reduction; NaN propagates."""
+    cmp = ">" if largest else "<"
+    if is_float(dtype):
+        return f"$m = (x {cmp} $m || x != x) ? x : $m;"
+    return f"$m = x {cmp} $m ? x : $m;"
 
 
 def _reduction_body(op: str, ctx: KernelContext) -> tuple[list[Acc], list[Step], str]:
@@ -190,14 +197,13 @@ def _reduction_body(op: str, ctx: KernelContext) -> tuple[list[Acc], list[Step],
     t, wide = ctype(dtype), _wide(dtype)
     shape = ctx.in_types[0].shape
     count = math.prod(shape[a] for a in ctx.attrs["axes"])
-    total = [Acc("s", wide, "0")]
     if op in ("reduce_max", "reduce_min"):
-        init, update = _extreme(dtype, op == "reduce_max")
-        return [Acc("m", t, init)], [Step(update)], "$m"
+        largest = op == "reduce_max"
+        return [Acc("m", t, _worst(dtype, largest))], [Step(_extreme(dtype, largest))], "$m"
     if op == "reduce_log_sum_exp":
         accs = [Acc("m", "double", "(-INFINITY)"), Acc("s", "double", "0.0")]
         steps = [Step("$m = ((double)x > $m || x != x) ? (double)x : $m;"),
-                 Step("$m = isinf($m) ? 0.0 : $m;", each=False),  # the shift; inf stays finite
+                 Step("$m = isinf($m) ? 0.0 : $m;", each=False),  # shift by 0 if inf
                  Step("$s += exp((double)x - $m);")]
         return accs, steps, f"({t})(log($s) + $m)"
     if op == "reduce_prod":
@@ -216,7 +222,7 @@ def _reduction_body(op: str, ctx: KernelContext) -> tuple[list[Acc], list[Step],
         "reduce_mean": _mean(dtype, count),
         "reduce_log_sum": f"({t})log({_as_double('$s', dtype)})",
     }
-    return total, [Step(updates[op])], finals.get(op, f"({t})$s")
+    return [Acc("s", wide, "0")], [Step(updates[op])], finals.get(op, f"({t})$s")
 
 
 def _reduction_kernel(op: str) -> None:
@@ -238,13 +244,10 @@ def _arg_update(dtype: str, largest: bool, last: bool) -> tuple[str, str]:
     """(initial $v, step) keeping in $v, $k the best element so far and its index; NaN wins."""
     cmp = ">" if largest else "<"
     if is_float(dtype):
-        init = lit(-math.inf if largest else math.inf, dtype)
         cond = f"x {cmp}= $v || x != x" if last else f"x {cmp} $v || (x != x && $v == $v)"
     else:
-        info = np.iinfo(dtype)
-        init = lit(info.min if largest else info.max, dtype)
         cond = f"x {cmp}= $v" if last else f"x {cmp} $v"
-    return init, f"if ({cond}) {{ $v = x; $k = $r; }}"
+    return _worst(dtype, largest), f"if ({cond}) {{ $v = x; $k = $r; }}"
 
 
 def _arg_kernel(op: str, largest: bool) -> None:
@@ -365,13 +368,16 @@ def _topk(ctx: KernelContext) -> str:
     def at(j: str) -> str:
         return f"({j}) * {inner}" if inner > 1 else j
 
+    def entry(p: str) -> tuple[str, str]:  # heap entry p: (value, index)
+        return f"hv[{at(p)}]", f"hi[{at(p)}]"
+
     def worse(p: str, q: str) -> str:  # heap entry p ranks below entry q
-        vp, vq, ip, iq = f"hv[{at(p)}]", f"hv[{at(q)}]", f"hi[{at(p)}]", f"hi[{at(q)}]"
+        (vp, ip), (vq, iq) = entry(p), entry(q)
         lo, hi = (vp, vq) if ctx.attrs["largest"] else (vq, vp)
         return f"({_less(lo, hi, dtype)} || (!{_less(hi, lo, dtype)} && {ip} > {iq}))"
 
     def swap(p: str, q: str) -> str:
-        vp, vq, ip, iq = f"hv[{at(p)}]", f"hv[{at(q)}]", f"hi[{at(p)}]", f"hi[{at(q)}]"
+        (vp, ip), (vq, iq) = entry(p), entry(q)
         return (f"{{ const {t} tv = {vp}; {vp} = {vq}; {vq} = tv;\n"
                 f"  const int64_t ti = {ip}; {ip} = {iq}; {iq} = ti; }}")
 
