@@ -1,13 +1,51 @@
-"""Test helpers: compile ONNX models with kiln and compare with onnxruntime."""
+"""Test helpers: build ONNX models, compile them with kiln and compare with onnxruntime."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import onnx
+from numpy.typing import DTypeLike
+from onnx import helper, numpy_helper
 
 import kiln
+
+
+def single_node_model(op_type: str, inputs: Mapping[str, np.ndarray], *,
+                      consts: Mapping[str, np.ndarray | None] | None = None, opset: int,
+                      outputs: Sequence[str] | Mapping[str, DTypeLike | None] = ("y",),
+                      node_inputs: Sequence[str] | None = None, node_name: str = "",
+                      **attrs) -> onnx.ModelProto:
+    """A model of one op_type node with attributes attrs.
+
+    inputs become graph inputs (of their dtype and shape), consts initializers; the node takes
+    them in that order, a None const as an omitted optional input ('' in the middle, dropped at
+    the end), unless node_inputs names them in another order. outputs names the node's outputs,
+    or maps each name to its dtype; a dtype left out (or None) and every shape are left to
+    inference.
+    """
+    consts = dict(consts or {})
+    if node_inputs is None:
+        node_inputs = [*inputs, *(n if a is not None else "" for n, a in consts.items())]
+        while node_inputs and node_inputs[-1] == "":
+            node_inputs.pop()
+    dtypes = outputs if isinstance(outputs, Mapping) else dict.fromkeys(outputs)
+    graph = helper.make_graph(
+        [helper.make_node(op_type, list(node_inputs), list(dtypes), name=node_name, **attrs)],
+        op_type.lower(),
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+         for n, a in inputs.items()],
+        [helper.make_empty_tensor_value_info(n) if t is None else
+         helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(np.dtype(t)), None)
+         for n, t in dtypes.items()],
+        [numpy_helper.from_array(np.asarray(a), n) for n, a in consts.items() if a is not None],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
 
 
 def ort_run(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -22,6 +60,14 @@ def ort_run(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray]) -> list[np
     return sess.run(None, dict(inputs))
 
 
+def reference_run(model: onnx.ModelProto,
+                  inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Run model with ONNX's reference evaluator: the oracle where onnxruntime lacks a kernel."""
+    from onnx.reference import ReferenceEvaluator
+
+    return ReferenceEvaluator(model).run(None, dict(inputs))
+
+
 def kiln_run(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Import, compile and run model with kiln in this process."""
     shapes = {k: np.asarray(v).shape for k, v in inputs.items()}
@@ -33,15 +79,86 @@ def kiln_run(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray]) -> list[n
     return [gmod.get_output(i) for i in range(gmod.get_num_outputs())]
 
 
-def check_against_ort(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray], *,
-                      rtol: float = 1e-5, atol: float = 1e-5) -> list[np.ndarray]:
-    """Assert kiln's outputs equal onnxruntime's (shape, dtype and values within tolerance)."""
-    expected = ort_run(model, inputs)
-    got = kiln_run(model, inputs)
+def folded_outputs(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Import model with feeds baked in as initializers; every node must fold away (the
+    importer evaluates a node whose inputs are all constant): the graph outputs' params."""
+    baked = onnx.ModelProto()
+    baked.CopyFrom(model)
+    baked.graph.initializer.extend(numpy_helper.from_array(a, n) for n, a in feeds.items())
+    kept = [i for i in baked.graph.input if i.name not in feeds]
+    del baked.graph.input[:]
+    baked.graph.input.extend(kept)
+    mod, params = kiln.from_onnx(baked)
+    assert not mod.graph.nodes, f"not folded: {mod.graph.nodes}"
+    return [params[v.name] for v in mod.graph.outputs]
+
+
+def _assert_match(got: Sequence[np.ndarray], expected: Sequence[np.ndarray], *, rtol: float,
+                  atol: float) -> None:
     assert len(got) == len(expected), f"{len(got)} outputs, onnxruntime gives {len(expected)}"
     for k, (g, e) in enumerate(zip(got, expected, strict=True)):
         e = np.asarray(e)
         assert g.shape == e.shape, f"output {k}: shape {g.shape}, onnxruntime {e.shape}"
         assert g.dtype == e.dtype, f"output {k}: dtype {g.dtype}, onnxruntime {e.dtype}"
         np.testing.assert_allclose(g, e, rtol=rtol, atol=atol, err_msg=f"output {k}")
+
+
+def check_against_ort(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray], *,
+                      rtol: float = 1e-5, atol: float = 1e-5) -> list[np.ndarray]:
+    """Assert kiln's outputs equal onnxruntime's (shape, dtype and values within tolerance)."""
+    expected = ort_run(model, inputs)
+    got = kiln_run(model, inputs)
+    _assert_match(got, expected, rtol=rtol, atol=atol)
     return got
+
+
+def check_folded_against_ort(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray], *,
+                             rtol: float = 1e-5, atol: float = 1e-5) -> list[np.ndarray]:
+    """Assert model with inputs made constant folds to onnxruntime's outputs (as above)."""
+    got = folded_outputs(model, inputs)
+    _assert_match(got, ort_run(model, inputs), rtol=rtol, atol=atol)
+    return got
+
+
+def check_op(op_type: str, inputs: Mapping[str, np.ndarray], *, opset: int, fold: bool = True,
+             rtol: float = 1e-5, atol: float = 1e-5, **model_args) -> onnx.ModelProto:
+    """single_node_model(op_type, inputs, opset=opset, **model_args) compiled, and with fold
+    also constant-folded, against onnxruntime; returns the model."""
+    model = single_node_model(op_type, inputs, opset=opset, **model_args)
+    check_against_ort(model, inputs, rtol=rtol, atol=atol)
+    if fold:
+        check_folded_against_ort(model, inputs, rtol=rtol, atol=atol)
+    return model
+
+
+# Runs in a fresh interpreter: argv = library, inputs .npz, outputs .npz.
+RUNNER = """
+import json, sys
+import numpy as np
+import kiln
+
+lib = kiln.load_module(sys.argv[1])
+gmod = kiln.GraphModule(lib["default"](kiln.cpu(0)))
+with np.load(sys.argv[2]) as inputs:
+    gmod.set_input(**{name: inputs[name] for name in inputs.files})
+gmod.run()
+np.savez(sys.argv[3], *[gmod.get_output(i) for i in range(gmod.get_num_outputs())])
+compiler = [m for m in sys.modules if m.startswith(("onnx", "kiln.compiler", "kiln.frontend",
+                                                    "kiln.passes", "kiln.codegen", "kiln.ir"))]
+print(json.dumps({"outputs": gmod.output_names, "compiler_modules": compiler}))
+"""
+
+
+def run_in_fresh_process(library: Path, inputs: dict[str, np.ndarray],
+                         work: Path) -> tuple[list[np.ndarray], dict]:
+    """Load and run library in a new interpreter; its outputs and what it reported."""
+    np.savez(work / "inputs.npz", **inputs)
+    done = subprocess.run(
+        [sys.executable, "-c", RUNNER, str(library), str(work / "inputs.npz"),
+         str(work / "outputs.npz")],
+        capture_output=True, text=True, cwd=work, timeout=120,
+    )
+    assert done.returncode == 0, f"runner exited with {done.returncode}:\n{done.stderr}"
+    with np.load(work / "outputs.npz") as out:
+        outputs = [out[f"arr_{k}"] for k in range(len(out.files))]
+    return outputs, json.loads(done.stdout.strip().splitlines()[-1])

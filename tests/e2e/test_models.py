@@ -7,9 +7,6 @@ as a deployment would.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,30 +20,13 @@ from kiln.ir import Module
 from kiln.ops import VIEW, get_op
 from kiln.passes.pipeline import optimize
 from tests.e2e.models import MODELS
-from tests.util import ort_run
+from tests.util import ort_run, run_in_fresh_process
 
 pytestmark = pytest.mark.e2e
 
 # rtol = atol for every model: the largest absolute difference measured was 2e-6
 # (detector_head), so float accumulation order needs nothing looser.
 TOLERANCE = 1e-4
-
-# Runs in a fresh interpreter: argv = library, inputs .npz, outputs .npz.
-RUNNER = """
-import json, sys
-import numpy as np
-import kiln
-
-lib = kiln.load_module(sys.argv[1])
-gmod = kiln.GraphModule(lib["default"](kiln.cpu(0)))
-with np.load(sys.argv[2]) as inputs:
-    gmod.set_input(**{name: inputs[name] for name in inputs.files})
-gmod.run()
-np.savez(sys.argv[3], *[gmod.get_output(i) for i in range(gmod.get_num_outputs())])
-compiler = [m for m in sys.modules if m.startswith(("onnx", "kiln.compiler", "kiln.frontend",
-                                                    "kiln.passes", "kiln.codegen", "kiln.ir"))]
-print(json.dumps({"outputs": gmod.output_names, "compiler_modules": compiler}))
-"""
 
 
 @dataclass
@@ -81,21 +61,6 @@ def build(tmp_path_factory):
 @pytest.fixture(params=sorted(MODELS))
 def built(request, build) -> Built:
     return build(request.param)
-
-
-def run_in_fresh_process(library: Path, inputs: dict[str, np.ndarray],
-                         work: Path) -> tuple[list[np.ndarray], dict]:
-    """Load and run library in a new interpreter; its outputs and what it reported."""
-    np.savez(work / "inputs.npz", **inputs)
-    done = subprocess.run(
-        [sys.executable, "-c", RUNNER, str(library), str(work / "inputs.npz"),
-         str(work / "outputs.npz")],
-        capture_output=True, text=True, cwd=work, timeout=120,
-    )
-    assert done.returncode == 0, f"runner exited with {done.returncode}:\n{done.stderr}"
-    with np.load(work / "outputs.npz") as out:
-        outputs = [out[f"arr_{k}"] for k in range(len(out.files))]
-    return outputs, json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_matches_onnxruntime_in_fresh_process(built: Built, tmp_path: Path) -> None:

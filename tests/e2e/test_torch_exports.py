@@ -18,9 +18,8 @@ import pytest
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (CI installs torch==2.13.0)")
 
 import kiln  # noqa: E402
-from tests.e2e.test_models import run_in_fresh_process  # noqa: E402
 from tests.e2e.torch_models import TORCH_MODELS, TorchCase  # noqa: E402
-from tests.util import kiln_run, ort_run  # noqa: E402
+from tests.util import kiln_run, ort_run, run_in_fresh_process  # noqa: E402
 
 pytestmark = [
     pytest.mark.e2e,

@@ -5,38 +5,27 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 import kiln
 from kiln.errors import ShapeError, UnsupportedOpError
 from kiln.passes.fuse import fuse
 from kiln.passes.pipeline import optimize
-from tests.util import check_against_ort, ort_run
-
-
-def _model(op: str, x: np.ndarray, consts: dict[str, np.ndarray | None], opset: int,
-           *, x_const: bool = False, **attrs) -> onnx.ModelProto:
-    """A one-node model op(x, *consts): consts become initializers, None an empty input."""
-    names = ["x"] + [name if value is not None else "" for name, value in consts.items()]
-    while names[-1] == "":
-        names.pop()
-    inits = [numpy_helper.from_array(v, n) for n, v in consts.items() if v is not None]
-    elem = helper.np_dtype_to_tensor_dtype(x.dtype)
-    inputs = [helper.make_tensor_value_info("x", elem, x.shape)]
-    if x_const:
-        inits.append(numpy_helper.from_array(x, "x"))
-        inputs = []
-    graph = helper.make_graph([helper.make_node(op, names, ["y"], **attrs)], "g", inputs,
-                              [helper.make_tensor_value_info("y", elem, None)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                             ir_version=8)
+from tests.util import (
+    check_against_ort,
+    folded_outputs,
+    kiln_run,
+    ort_run,
+    reference_run,
+    single_node_model,
+)
 
 
 def _resize(x, *, scales=None, sizes=None, roi=None, opset=19, **attrs) -> onnx.ModelProto:
     consts = {"roi": None if roi is None else np.array(roi, np.float32),
               "scales": None if scales is None else np.array(scales, np.float32),
               "sizes": None if sizes is None else np.array(sizes, np.int64)}
-    return _model("Resize", x, consts, opset, **attrs)
+    return single_node_model("Resize", {"x": x}, consts=consts, opset=opset, **attrs)
 
 
 def _data(shape, dtype="float32", seed=0) -> np.ndarray:
@@ -45,13 +34,6 @@ def _data(shape, dtype="float32", seed=0) -> np.ndarray:
         return rng.standard_normal(shape).astype(dtype)
     info = np.iinfo(dtype)
     return rng.integers(max(info.min, -100), min(info.max, 200), shape).astype(dtype)
-
-
-def _reference_run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    """ONNX's reference evaluator: the oracle where onnxruntime lacks a kernel."""
-    from onnx.reference import ReferenceEvaluator
-
-    return ReferenceEvaluator(model).run(None, {"x": x})[0]
 
 
 X = _data((1, 2, 5, 7))
@@ -106,17 +88,23 @@ ORT_CASES = [
                            keep_aspect_ratio_policy="not_larger")),
     ("not_smaller", _resize(X, sizes=[9, 9], axes=[2, 3], mode="nearest",
                             keep_aspect_ratio_policy="not_smaller")),
-    ("resize10_nearest_down", _model("Resize", _data((1, 10)),
-                                     {"s": np.array([1, 0.7], np.float32)}, 10)),
-    ("resize10_nearest_up", _model("Resize", X, {"s": np.array([1, 1, 3, 2.5], np.float32)},
-                                   10, mode="nearest")),
-    ("resize10_linear", _model("Resize", X, {"s": np.array([1, 1, 1.7, 0.6], np.float32)},
-                               10, mode="linear")),
-    ("upsample7_nearest", _model("Upsample", X, {}, 7, scales=[1.0, 1.0, 3.0, 2.5])),
-    ("upsample9_nearest", _model("Upsample", X, {"s": np.array([1, 1, 2, 2], np.float32)}, 9,
-                                 mode="nearest")),
-    ("upsample9_linear", _model("Upsample", X, {"s": np.array([1, 1, 1.7, 2.5], np.float32)},
-                                9, mode="linear")),
+    ("resize10_nearest_down", single_node_model(
+        "Resize", {"x": _data((1, 10))}, consts={"s": np.array([1, 0.7], np.float32)},
+        opset=10)),
+    ("resize10_nearest_up", single_node_model(
+        "Resize", {"x": X}, consts={"s": np.array([1, 1, 3, 2.5], np.float32)}, opset=10,
+        mode="nearest")),
+    ("resize10_linear", single_node_model(
+        "Resize", {"x": X}, consts={"s": np.array([1, 1, 1.7, 0.6], np.float32)}, opset=10,
+        mode="linear")),
+    ("upsample7_nearest", single_node_model("Upsample", {"x": X}, opset=7,
+                                            scales=[1.0, 1.0, 3.0, 2.5])),
+    ("upsample9_nearest", single_node_model(
+        "Upsample", {"x": X}, consts={"s": np.array([1, 1, 2, 2], np.float32)}, opset=9,
+        mode="nearest")),
+    ("upsample9_linear", single_node_model(
+        "Upsample", {"x": X}, consts={"s": np.array([1, 1, 1.7, 2.5], np.float32)}, opset=9,
+        mode="linear")),
 ]
 
 
@@ -167,16 +155,12 @@ REFERENCE_CASES = [
 @pytest.mark.parametrize("x,model", [c[1:] for c in REFERENCE_CASES],
                          ids=[c[0] for c in REFERENCE_CASES])
 def test_resize_matches_reference_evaluator(x, model):
-    from tests.util import kiln_run
-
-    np.testing.assert_allclose(kiln_run(model, {"x": x})[0], _reference_run(model, x),
+    np.testing.assert_allclose(kiln_run(model, {"x": x})[0], reference_run(model, {"x": x})[0],
                                rtol=1e-5, atol=1e-5)
 
 
 def test_resize_negative_axes():
     """axes may count from the back (onnxruntime mishandles that, so compare positive ones)."""
-    from tests.util import kiln_run
-
     negative = _resize(X, sizes=[9, 9], axes=[-1, 2], mode="nearest",
                        keep_aspect_ratio_policy="not_smaller")
     positive = _resize(X, sizes=[9, 9], axes=[3, 2], mode="nearest",
@@ -188,11 +172,8 @@ def test_resize_negative_axes():
 def test_resize_folds_constant_input():
     """A Resize of an initializer folds at import through the NumPy reference."""
     model = _resize(X, scales=[1, 1, 2, 1.5], mode="cubic")
-    folded = _resize(X, scales=[1, 1, 2, 1.5], mode="cubic", x_const=True)
-    mod, params = kiln.from_onnx(folded)
-    assert not mod.graph.nodes
-    np.testing.assert_allclose(params[mod.graph.outputs[0].name], ort_run(model, {"x": X})[0],
-                               rtol=1e-5, atol=1e-5)
+    (got,) = folded_outputs(model, {"x": X})
+    np.testing.assert_allclose(got, ort_run(model, {"x": X})[0], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("model,error,match", [
@@ -211,8 +192,8 @@ def test_resize_folds_constant_input():
      UnsupportedOpError, "keep_aspect_ratio_policy 'fit'"),
     (_resize(X, sizes=[1, 2, 4, 4], roi=[0, 1],
              coordinate_transformation_mode="tf_crop_and_resize"), ShapeError, "roi"),
-    (_model("Upsample", X, {"s": np.array([1, 1, 0.5, 2], np.float32)}, 9), ShapeError,
-     ">= 1"),
+    (single_node_model("Upsample", {"x": X}, consts={"s": np.array([1, 1, 0.5, 2], np.float32)},
+                       opset=9), ShapeError, ">= 1"),
 ])
 def test_resize_errors(model, error, match):
     with pytest.raises(error, match=match):
@@ -220,19 +201,16 @@ def test_resize_errors(model, error, match):
 
 
 def test_resize_needs_compile_time_scales():
-    graph = helper.make_graph(
-        [helper.make_node("Resize", ["x", "", "s"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, X.shape),
-         helper.make_tensor_value_info("s", TensorProto.FLOAT, [4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model = single_node_model("Resize", {"x": X, "s": np.ones(4, np.float32)}, opset=13,
+                              node_inputs=["x", "", "s"])
     with pytest.raises(UnsupportedOpError, match="known at compile time"):
         kiln.from_onnx(model)
 
 
 def test_resize_linear_needs_numbers():
     x = np.zeros((2, 3), bool)
-    model = _model("Resize", x, {"roi": None, "s": np.array([2, 2], np.float32)}, 13,
-                   mode="linear")
+    model = single_node_model("Resize", {"x": x},
+                              consts={"roi": None, "s": np.array([2, 2], np.float32)},
+                              opset=13, mode="linear")
     with pytest.raises(ShapeError, match="numeric"):
         kiln.from_onnx(model)

@@ -188,7 +188,8 @@ def _mod(a, at, dt, out):
     if is_float(t):
         if at.get("fmod", 0):
             return f"{fn('fmod', t)}({x}, {y})"
-        return f"kiln_fmod_floor_{ctype(t)}({x}, {y})"
+        wide = "double" if t == "float64" else "float"  # float16 computes in float
+        return f"kiln_fmod_floor_{wide}({x}, {y})"
     if at.get("fmod", 0):
         return f"({y} == 0 ? 0 : ({y} == -1 ? 0 : {x} % {y}))"
     return f"({y} == 0 ? 0 : kiln_imod_floor((int64_t){x}, (int64_t){y}))"

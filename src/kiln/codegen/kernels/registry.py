@@ -20,6 +20,7 @@ from ...errors import UnsupportedOpError
 from ...ir.types import TensorType
 
 C_TYPES = {
+    "float16": "_Float16",  # storage type; arithmetic is promoted to float
     "float32": "float",
     "float64": "double",
     "int8": "int8_t",
