@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import kiln
 from kiln.errors import ShapeError, UnsupportedOpError
-from tests.util import check_against_ort, kiln_run, ort_run
+from tests.util import check_against_ort, check_op, kiln_run, ort_run, single_node_model
 
 RNG = np.random.default_rng(0)
 DTYPES = ["float32", "float64", "int8", "int32", "int64", "uint8", "bool"]
@@ -31,59 +31,18 @@ def _i64(*values: int) -> np.ndarray:
     return np.array(values, dtype=np.int64)
 
 
-def _model(op: str, feeds: dict[str, np.ndarray], consts: dict | None = None, *, opset: int,
-           names: list[str] | None = None, outputs: int = 1, **attrs) -> onnx.ModelProto:
-    """A one-node model: feeds are graph inputs, consts initializers; names orders the node's
-    inputs (default: feeds then consts, '' for an absent optional input)."""
-    consts = consts or {}
-    node = helper.make_node(op, names if names is not None else [*feeds, *consts],
-                            [f"y{k}" for k in range(outputs)], **attrs)
-    graph = helper.make_graph(
-        [node], op.lower(),
-        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-         for n, a in feeds.items()],
-        [helper.make_empty_tensor_value_info(f"y{k}") for k in range(outputs)],
-        [numpy_helper.from_array(np.asarray(a), n) for n, a in consts.items()],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
-
-
-def _folded(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Import model with feeds baked in as initializers: every output must fold to a param."""
-    baked = onnx.ModelProto()
-    baked.CopyFrom(model)
-    baked.graph.initializer.extend(numpy_helper.from_array(a, n) for n, a in feeds.items())
-    kept = [i for i in baked.graph.input if i.name not in feeds]
-    del baked.graph.input[:]
-    baked.graph.input.extend(kept)
-    mod, params = kiln.from_onnx(baked)
-    assert not mod.graph.nodes, f"not folded: {mod.graph.nodes}"
-    return [params[v.name] for v in mod.graph.outputs]
-
-
-def _check(op: str, feeds: dict[str, np.ndarray], consts: dict | None = None, *, opset: int,
-           fold: bool = True, **kw) -> None:
-    """Compiled kernels vs onnxruntime; with fold, the constant-folded result too."""
-    model = _model(op, feeds, consts, opset=opset, **kw)
-    check_against_ort(model, feeds)
-    if fold:
-        for got, want in zip(_folded(model, feeds), ort_run(model, feeds), strict=True):
-            assert got.shape == want.shape and got.dtype == want.dtype
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-
-
 # Transpose, Concat, Split ------------------------------------------------------------------
 
 @pytest.mark.parametrize("perm", [None, (0, 2, 1), (2, 0, 1), (1, 2, 0)])
 def test_transpose(perm):
     attrs = {} if perm is None else {"perm": perm}
-    _check("Transpose", {"x": _data((2, 3, 4))}, opset=13, **attrs)
+    check_op("Transpose", {"x": _data((2, 3, 4))}, opset=13, **attrs)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_transpose_dtypes(dtype):
-    _check("Transpose", {"x": _data((2, 1, 3, 5), dtype)}, opset=13, fold=False,
-           perm=(3, 1, 0, 2))
+    check_op("Transpose", {"x": _data((2, 1, 3, 5), dtype)}, opset=13, fold=False,
+             perm=(3, 1, 0, 2))
 
 
 @pytest.mark.parametrize("axis", [0, 1, -1])
@@ -92,46 +51,49 @@ def test_concat(axis, opset):
     shapes = [(2, 3, 4), (2, 3, 4), (2, 3, 4)]
     shapes = [s[:axis % 3] + (k + 1,) + s[axis % 3 + 1:] for k, s in enumerate(shapes)]
     feeds = {"a": _data(shapes[0]), "b": _data(shapes[1])}
-    _check("Concat", feeds, {"c": _data(shapes[2])}, opset=opset, axis=axis)
+    check_op("Concat", feeds, consts={"c": _data(shapes[2])}, opset=opset, axis=axis)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_concat_dtypes_with_empty_input(dtype):
     feeds = {"a": _data((2, 0), dtype), "b": _data((2, 3), dtype), "c": _data((2, 1), dtype)}
-    _check("Concat", feeds, opset=13, fold=False, axis=1)
+    check_op("Concat", feeds, opset=13, fold=False, axis=1)
 
 
 def test_split_attr_opset11():
-    _check("Split", {"x": _data((2, 6, 2))}, opset=11, outputs=3, axis=1, split=[1, 2, 3])
+    check_op("Split", {"x": _data((2, 6, 2))}, opset=11, outputs=["y0", "y1", "y2"], axis=1,
+             split=[1, 2, 3])
 
 
 def test_split_equal_default():
-    _check("Split", {"x": _data((6, 2), "int64")}, opset=13, outputs=3)
+    check_op("Split", {"x": _data((6, 2), "int64")}, opset=13, outputs=["y0", "y1", "y2"])
 
 
 def test_split_input_opset13_with_zero_size_part():
-    _check("Split", {"x": _data((2, 5))}, {"s": _i64(2, 0, 3)}, opset=13, outputs=3, axis=-1)
+    check_op("Split", {"x": _data((2, 5))}, consts={"s": _i64(2, 0, 3)}, opset=13,
+             outputs=["y0", "y1", "y2"], axis=-1)
 
 
 def test_split_num_outputs_uneven_opset18():
-    _check("Split", {"x": _data((7, 3))}, opset=18, outputs=3, num_outputs=3)
+    check_op("Split", {"x": _data((7, 3))}, opset=18, outputs=["y0", "y1", "y2"], num_outputs=3)
 
 
 def test_split_sizes_must_add_up():
-    model = _model("Split", {"x": _data((5,))}, {"s": _i64(2, 2)}, opset=13, outputs=2)
+    model = single_node_model("Split", {"x": _data((5,))}, consts={"s": _i64(2, 2)}, opset=13,
+                              outputs=["y0", "y1"])
     with pytest.raises(ShapeError, match="do not add up"):
         kiln.from_onnx(model)
 
 
 def test_concat_mismatched_dims():
-    model = _model("Concat", {"a": _data((2, 3)), "b": _data((3, 3))}, opset=13, axis=1)
+    model = single_node_model("Concat", {"a": _data((2, 3)), "b": _data((3, 3))}, opset=13, axis=1)
     with pytest.raises(ShapeError, match="cannot concat"):
         kiln.from_onnx(model)
 
 
 def test_transpose_bad_perm():
     with pytest.raises(ShapeError, match="not a permutation"):
-        kiln.from_onnx(_model("Transpose", {"x": _data((2, 3))}, opset=13, perm=[0, 0]))
+        kiln.from_onnx(single_node_model("Transpose", {"x": _data((2, 3))}, opset=13, perm=[0, 0]))
 
 
 # Slice ---------------------------------------------------------------------------------------
@@ -146,23 +108,23 @@ def test_transpose_bad_perm():
 ])
 def test_slice(starts, ends, axes, steps):
     consts = {"s": _i64(*starts), "e": _i64(*ends), "a": _i64(*axes), "t": _i64(*steps)}
-    _check("Slice", {"x": _data((4, 5, 6))}, consts, opset=13)
+    check_op("Slice", {"x": _data((4, 5, 6))}, consts=consts, opset=13)
 
 
 def test_slice_default_axes_and_steps():
-    _check("Slice", {"x": _data((4, 5), "int32")}, {"s": _i64(1, -3), "e": _i64(3, -1)},
-           opset=10)
+    check_op("Slice", {"x": _data((4, 5), "int32")}, consts={"s": _i64(1, -3), "e": _i64(3, -1)},
+             opset=10)
 
 
 def test_slice_attrs_opset9():
-    _check("Slice", {"x": _data((4, 5, 3), "uint8")}, opset=9, starts=[-3, 1], ends=[10, 2],
-           axes=[1, 2])
+    check_op("Slice", {"x": _data((4, 5, 3), "uint8")}, opset=9, starts=[-3, 1], ends=[10, 2],
+             axes=[1, 2])
 
 
 def test_slice_zero_step():
     consts = {"s": _i64(0), "e": _i64(2), "a": _i64(0), "t": _i64(0)}
     with pytest.raises(ShapeError, match="step of axis 0 is 0"):
-        kiln.from_onnx(_model("Slice", {"x": _data((4,))}, consts, opset=13))
+        kiln.from_onnx(single_node_model("Slice", {"x": _data((4,))}, consts=consts, opset=13))
 
 
 # Gather, GatherElements, GatherND ------------------------------------------------------------
@@ -173,24 +135,25 @@ def test_slice_zero_step():
     (-1, np.array(2, np.int64)),  # scalar index drops the axis
 ])
 def test_gather(axis, indices):
-    _check("Gather", {"x": _data((3, 4, 5)), "i": indices}, opset=13, axis=axis)
+    check_op("Gather", {"x": _data((3, 4, 5)), "i": indices}, opset=13, axis=axis)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gather_dtypes_constant_table(dtype):
     # the embedding pattern: constant table, run-time indices
     feeds = {"i": np.array([[4, 0], [-1, 2]], np.int64)}
-    _check("Gather", feeds, {"t": _data((5, 3), dtype)}, opset=13, names=["t", "i"], fold=False)
+    check_op("Gather", feeds, consts={"t": _data((5, 3), dtype)}, opset=13,
+             node_inputs=["t", "i"], fold=False)
 
 
 def test_gather_out_of_range_indices_are_clamped():
     x, i = _data((4, 3)), np.array([7, -9, 1], np.int64)
-    (got,) = kiln_run(_model("Gather", {"x": x, "i": i}, opset=13), {"x": x, "i": i})
+    (got,) = kiln_run(single_node_model("Gather", {"x": x, "i": i}, opset=13), {"x": x, "i": i})
     np.testing.assert_array_equal(got, x[[3, 0, 1]])
 
 
 def test_gather_float_indices_rejected():
-    model = _model("Gather", {"x": _data((3,)), "i": _data((2,))}, opset=13)
+    model = single_node_model("Gather", {"x": _data((3,)), "i": _data((2,))}, opset=13)
     with pytest.raises(ShapeError, match="int32 or int64"):
         kiln.from_onnx(model)
 
@@ -198,7 +161,7 @@ def test_gather_float_indices_rejected():
 @pytest.mark.parametrize("axis", [0, 1, -1])
 def test_gather_elements(axis):
     indices = RNG.integers(-3, 3, (3, 2, 4)).astype(np.int64)
-    _check("GatherElements", {"x": _data((3, 3, 4)), "i": indices}, opset=13, axis=axis)
+    check_op("GatherElements", {"x": _data((3, 3, 4)), "i": indices}, opset=13, axis=axis)
 
 
 @pytest.mark.parametrize("batch_dims,data_shape,idx", [
@@ -208,7 +171,7 @@ def test_gather_elements(axis):
     (1, (2, 3, 4), np.array([[[0, 3], [2, -1]], [[1, 1], [0, 0]]], np.int64)),
 ])
 def test_gather_nd(batch_dims, data_shape, idx):
-    _check("GatherND", {"x": _data(data_shape), "i": idx}, opset=13, batch_dims=batch_dims)
+    check_op("GatherND", {"x": _data(data_shape), "i": idx}, opset=13, batch_dims=batch_dims)
 
 
 # Expand, Tile, Pad ---------------------------------------------------------------------------
@@ -217,18 +180,18 @@ def test_gather_nd(batch_dims, data_shape, idx):
     ((3, 1), (2, 3, 4)), ((1, 4), (3, 1)), ((2, 3), (1,)), ((), (2, 2)), ((4, 1, 2), (4, 3, 1)),
 ])
 def test_expand(shape, target):
-    _check("Expand", {"x": _data(shape, "int32")}, {"s": _i64(*target)}, opset=13)
+    check_op("Expand", {"x": _data(shape, "int32")}, consts={"s": _i64(*target)}, opset=13)
 
 
 def test_expand_incompatible():
-    model = _model("Expand", {"x": _data((3,))}, {"s": _i64(2, 4)}, opset=13)
+    model = single_node_model("Expand", {"x": _data((3,))}, consts={"s": _i64(2, 4)}, opset=13)
     with pytest.raises(ShapeError, match="do not broadcast"):
         kiln.from_onnx(model)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "int64", "bool"])
 def test_tile(dtype):
-    _check("Tile", {"x": _data((2, 1, 3), dtype)}, {"r": _i64(2, 3, 1)}, opset=13)
+    check_op("Tile", {"x": _data((2, 1, 3), dtype)}, consts={"r": _i64(2, 3, 1)}, opset=13)
 
 
 _PADS = [(1, 0, 2, 0, 1, 2), (0, 2, 0, 1, 0, 0), (3, 3, 2, 3, 1, 3)]
@@ -239,32 +202,34 @@ _PADS = [(1, 0, 2, 0, 1, 2), (0, 2, 0, 1, 0, 0), (3, 3, 2, 3, 1, 3)]
                                        for p in _PADS] + [("reflect", p) for p in _PADS[:2]])
 def test_pad_modes(mode, pads):
     consts = {"p": _i64(*pads), "v": np.array(1.5, np.float32)}
-    _check("Pad", {"x": _data((2, 3, 4))}, consts, opset=19, mode=mode)
+    check_op("Pad", {"x": _data((2, 3, 4))}, consts=consts, opset=19, mode=mode)
 
 
 @pytest.mark.parametrize("mode", ["reflect", "wrap"])
 def test_pad_wider_than_input(mode):
     x = _data((3, 2))
-    model = _model("Pad", {"x": x}, {"p": _i64(5, 4, 6, 3)}, opset=19, mode=mode)
+    model = single_node_model("Pad", {"x": x}, consts={"p": _i64(5, 4, 6, 3)}, opset=19, mode=mode)
     (got,) = kiln_run(model, {"x": x})
     np.testing.assert_array_equal(got, np.pad(x, ((5, 6), (4, 3)), mode=mode))
 
 
 def test_pad_attrs_opset2_and_negative_pads():
-    _check("Pad", {"x": _data((3, 4))}, opset=2, pads=[1, -1, 0, 2], value=-2.0)
+    check_op("Pad", {"x": _data((3, 4))}, opset=2, pads=[1, -1, 0, 2], value=-2.0)
 
 
 def test_pad_int_dtype_default_value_opset11():
-    _check("Pad", {"x": _data((2, 3), "int32")}, {"p": _i64(1, 1, 0, 2)}, opset=11)
+    check_op("Pad", {"x": _data((2, 3), "int32")}, consts={"p": _i64(1, 1, 0, 2)}, opset=11)
 
 
 def test_pad_axes_opset18():
     consts = {"p": _i64(1, 2, 0, 1), "a": _i64(-1, 0)}
-    _check("Pad", {"x": _data((2, 3, 2))}, consts, opset=18, names=["x", "p", "", "a"])
+    check_op("Pad", {"x": _data((2, 3, 2))}, consts=consts, opset=18,
+             node_inputs=["x", "p", "", "a"])
 
 
 def test_pad_unknown_mode():
-    model = _model("Pad", {"x": _data((2, 3))}, {"p": _i64(1, 1, 1, 1)}, opset=13, mode="mirror")
+    model = single_node_model("Pad", {"x": _data((2, 3))}, consts={"p": _i64(1, 1, 1, 1)},
+                              opset=13, mode="mirror")
     with pytest.raises(UnsupportedOpError, match="mode 'mirror'"):
         kiln.from_onnx(model)
 
@@ -273,15 +238,15 @@ def test_pad_unknown_mode():
 
 @pytest.mark.parametrize("mode", ["DCR", "CRD"])
 def test_depth_to_space(mode):
-    _check("DepthToSpace", {"x": _data((2, 8, 2, 3))}, opset=13, blocksize=2, mode=mode)
+    check_op("DepthToSpace", {"x": _data((2, 8, 2, 3))}, opset=13, blocksize=2, mode=mode)
 
 
 def test_space_to_depth():
-    _check("SpaceToDepth", {"x": _data((1, 3, 4, 6))}, opset=13, blocksize=2)
+    check_op("SpaceToDepth", {"x": _data((1, 3, 4, 6))}, opset=13, blocksize=2)
 
 
 def test_depth_to_space_channels_not_divisible():
-    model = _model("DepthToSpace", {"x": _data((1, 6, 2, 2))}, opset=13, blocksize=2)
+    model = single_node_model("DepthToSpace", {"x": _data((1, 6, 2, 2))}, opset=13, blocksize=2)
     with pytest.raises(ShapeError, match="not divisible"):
         kiln.from_onnx(model)
 
@@ -290,12 +255,13 @@ def test_depth_to_space_channels_not_divisible():
 def test_one_hot(axis):
     indices = np.array([[0, 3, -1], [9, -5, 2]], np.int64)
     consts = {"d": np.array(4.0, np.float32), "v": np.array([-1, 5], np.int32)}
-    _check("OneHot", {"i": indices}, consts, opset=11, axis=axis)
+    check_op("OneHot", {"i": indices}, consts=consts, opset=11, axis=axis)
 
 
 def test_one_hot_float_indices_runtime_values():
     feeds = {"i": np.array([1.0, 0.0, 2.7], np.float32), "v": np.array([0.5, 2.0], np.float32)}
-    _check("OneHot", feeds, {"d": np.array([3.0], np.float32)}, opset=11, names=["i", "d", "v"])
+    check_op("OneHot", feeds, consts={"d": np.array([3.0], np.float32)}, opset=11,
+             node_inputs=["i", "d", "v"])
 
 
 # Reshape, Flatten, Squeeze, Unsqueeze (all become the reshape view) --------------------------
@@ -305,39 +271,40 @@ def test_one_hot_float_indices_runtime_values():
 ])
 def test_reshape(target, allowzero):
     shape = (0, 4) if allowzero else (2, 3, 4)
-    _check("Reshape", {"x": _data(shape)}, {"s": _i64(*target)}, opset=14, allowzero=allowzero)
+    check_op("Reshape", {"x": _data(shape)}, consts={"s": _i64(*target)}, opset=14,
+             allowzero=allowzero)
 
 
 def test_reshape_bad_target():
-    model = _model("Reshape", {"x": _data((2, 3))}, {"s": _i64(4, -1)}, opset=13)
+    model = single_node_model("Reshape", {"x": _data((2, 3))}, consts={"s": _i64(4, -1)}, opset=13)
     with pytest.raises(ShapeError, match="cannot reshape"):
         kiln.from_onnx(model)
 
 
 @pytest.mark.parametrize("axis,opset", [(0, 9), (2, 9), (3, 13), (-1, 13)])
 def test_flatten(axis, opset):
-    _check("Flatten", {"x": _data((2, 3, 2))}, opset=opset, axis=axis)
+    check_op("Flatten", {"x": _data((2, 3, 2))}, opset=opset, axis=axis)
 
 
 def test_squeeze_and_unsqueeze_attrs_opset11():
-    _check("Squeeze", {"x": _data((1, 3, 1, 2))}, opset=11, axes=[0, -2])
-    _check("Squeeze", {"x": _data((1, 3, 1))}, opset=11)
-    _check("Unsqueeze", {"x": _data((3, 2))}, opset=11, axes=[-1, 0])
+    check_op("Squeeze", {"x": _data((1, 3, 1, 2))}, opset=11, axes=[0, -2])
+    check_op("Squeeze", {"x": _data((1, 3, 1))}, opset=11)
+    check_op("Unsqueeze", {"x": _data((3, 2))}, opset=11, axes=[-1, 0])
 
 
 def test_squeeze_and_unsqueeze_inputs_opset13():
-    _check("Squeeze", {"x": _data((1, 3, 1, 2), "int64")}, {"a": _i64(2)}, opset=13)
-    _check("Unsqueeze", {"x": _data((3, 2), "bool")}, {"a": _i64(3, 1, 0)}, opset=13)
+    check_op("Squeeze", {"x": _data((1, 3, 1, 2), "int64")}, consts={"a": _i64(2)}, opset=13)
+    check_op("Unsqueeze", {"x": _data((3, 2), "bool")}, consts={"a": _i64(3, 1, 0)}, opset=13)
 
 
 def test_squeeze_non_unit_axis():
-    model = _model("Squeeze", {"x": _data((1, 3))}, {"a": _i64(1)}, opset=13)
+    model = single_node_model("Squeeze", {"x": _data((1, 3))}, consts={"a": _i64(1)}, opset=13)
     with pytest.raises(ShapeError, match="not all 1"):
         kiln.from_onnx(model)
 
 
 def test_views_emit_only_reshape():
-    model = _model("Flatten", {"x": _data((2, 3, 4))}, opset=13, axis=2)
+    model = single_node_model("Flatten", {"x": _data((2, 3, 4))}, opset=13, axis=2)
     mod, _ = kiln.from_onnx(model)
     assert [n.op for n in mod.graph.nodes] == ["reshape"]
 
@@ -345,7 +312,7 @@ def test_views_emit_only_reshape():
 # Identity, Dropout ---------------------------------------------------------------------------
 
 def test_identity():
-    _check("Identity", {"x": _data((2, 3), "int32")}, opset=13)
+    check_op("Identity", {"x": _data((2, 3), "int32")}, opset=13)
 
 
 @pytest.mark.parametrize("opset", [7, 10, 13])
@@ -353,25 +320,26 @@ def test_dropout_inference_with_mask(opset):
     # The mask is all ones (every element kept), as in the ONNX reference; onnxruntime gives
     # zeros before opset 12, so the mask is checked against the spec, not against it.
     x = _data((2, 3))
-    y, mask = kiln_run(_model("Dropout", {"x": x}, opset=opset, outputs=2), {"x": x})
+    model = single_node_model("Dropout", {"x": x}, opset=opset, outputs=["y", "mask"])
+    y, mask = kiln_run(model, {"x": x})
     np.testing.assert_array_equal(y, x)
     assert mask.dtype == (np.float32 if opset < 10 else bool) and mask.all()
 
 
 def test_dropout_ratio_and_training_false():
     consts = {"r": np.array(0.3, np.float32), "t": np.array(False)}
-    _check("Dropout", {"x": _data((4,))}, consts, opset=13)
+    check_op("Dropout", {"x": _data((4,))}, consts=consts, opset=13)
 
 
 def test_dropout_training_mode_rejected():
     consts = {"r": np.array(0.3, np.float32), "t": np.array(True)}
     with pytest.raises(UnsupportedOpError, match="training_mode"):
-        kiln.from_onnx(_model("Dropout", {"x": _data((4,))}, consts, opset=13))
+        kiln.from_onnx(single_node_model("Dropout", {"x": _data((4,))}, consts=consts, opset=13))
 
 
 def test_dropout_training_mode_with_zero_ratio_is_identity():
     consts = {"r": np.array(0.0, np.float32), "t": np.array(True)}
-    _check("Dropout", {"x": _data((4,))}, consts, opset=13)
+    check_op("Dropout", {"x": _data((4,))}, consts=consts, opset=13)
 
 
 # Constants and shape queries -----------------------------------------------------------------
@@ -382,7 +350,7 @@ def test_dropout_training_mode_with_zero_ratio_is_identity():
     {"value_ints": [3, 4, 5]},
 ])
 def test_constant(attrs):
-    model = _model("Constant", {}, opset=13, names=[], **attrs)
+    model = single_node_model("Constant", {}, opset=13, **attrs)
     for got, want in zip(kiln_run(model, {}), ort_run(model, {}), strict=True):
         assert got.dtype == want.dtype
         np.testing.assert_array_equal(got, want)
@@ -391,21 +359,21 @@ def test_constant(attrs):
 def test_constant_sparse_rejected():
     sparse = helper.make_sparse_tensor(helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]),
                                        helper.make_tensor("i", TensorProto.INT64, [1], [0]), [3])
-    model = _model("Constant", {}, opset=13, names=[], sparse_value=sparse)
+    model = single_node_model("Constant", {}, opset=13, sparse_value=sparse)
     with pytest.raises(UnsupportedOpError, match="sparse_value"):
         kiln.from_onnx(model)
 
 
 @pytest.mark.parametrize("attrs", [{}, {"start": 1}, {"end": -1}, {"start": -2, "end": 10}])
 def test_shape(attrs):
-    model = _model("Shape", {"x": _data((2, 3, 4))}, opset=15, **attrs)
+    model = single_node_model("Shape", {"x": _data((2, 3, 4))}, opset=15, **attrs)
     mod, _ = kiln.from_onnx(model)
     assert not mod.graph.nodes
     check_against_ort(model, {"x": _data((2, 3, 4))})
 
 
 def test_size():
-    model = _model("Size", {"x": _data((2, 3, 4))}, opset=13)
+    model = single_node_model("Size", {"x": _data((2, 3, 4))}, opset=13)
     mod, params = kiln.from_onnx(model)
     (want,) = ort_run(model, {"x": _data((2, 3, 4))})
     got = params[mod.graph.outputs[0].name]
@@ -415,7 +383,7 @@ def test_size():
 @pytest.mark.parametrize("value", [None, np.array([7], np.int32), np.array([0.5], np.float64)])
 def test_constant_of_shape(value):
     attrs = {} if value is None else {"value": numpy_helper.from_array(value)}
-    model = _model("ConstantOfShape", {}, {"s": _i64(2, 3)}, opset=13, **attrs)
+    model = single_node_model("ConstantOfShape", {}, consts={"s": _i64(2, 3)}, opset=13, **attrs)
     for got, want in zip(kiln_run(model, {}), ort_run(model, {}), strict=True):
         assert got.dtype == want.dtype
         np.testing.assert_array_equal(got, want)
@@ -427,15 +395,15 @@ def test_constant_of_shape(value):
 ])
 def test_range(start, limit, delta):
     consts = {"a": np.array(start), "b": np.array(limit), "c": np.array(delta)}
-    model = _model("Range", {}, consts, opset=11)
+    model = single_node_model("Range", {}, consts=consts, opset=11)
     for got, want in zip(kiln_run(model, {}), ort_run(model, {}), strict=True):
         assert got.dtype == want.dtype
         np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def test_range_needs_constant_inputs():
-    model = _model("Range", {"a": np.array(0, np.int64)}, {"b": _i64(5), "c": _i64(1)},
-                   opset=11)
+    model = single_node_model("Range", {"a": np.array(0, np.int64)},
+                              consts={"b": _i64(5), "c": _i64(1)}, opset=11)
     with pytest.raises(UnsupportedOpError, match="must be known at compile time"):
         kiln.from_onnx(model)
 

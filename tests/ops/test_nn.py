@@ -10,33 +10,20 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
 
 import kiln
 from kiln.errors import ShapeError, UnsupportedOpError
-from tests.util import check_against_ort, kiln_run, ort_run
+from tests.util import (
+    check_against_ort,
+    check_folded_against_ort,
+    check_op,
+    kiln_run,
+    ort_run,
+    reference_run,
+    single_node_model,
+)
 
 RNG = np.random.default_rng(0)
-
-
-def _model(op: str, inputs: dict[str, np.ndarray], *, opset: int, consts: dict | None = None,
-           outputs: dict[str, str] | None = None, **attrs) -> onnx.ModelProto:
-    """A one-node model: `inputs` are graph inputs, `consts` initializers (in that order);
-    outputs maps output names to dtypes (default: y, of the first input's dtype)."""
-    consts = consts or {}
-    names = list(inputs) + list(consts)
-    outputs = outputs or {"y": next(iter(inputs.values())).dtype.name}
-    node = helper.make_node(op, names, list(outputs), name="the_node", **attrs)
-    graph = helper.make_graph(
-        [node], op.lower(),
-        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-         for n, a in inputs.items()],
-        [helper.make_tensor_value_info(o, helper.np_dtype_to_tensor_dtype(np.dtype(t)), None)
-         for o, t in outputs.items()],
-        [numpy_helper.from_array(np.asarray(a), n) for n, a in consts.items()],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                             ir_version=10)
 
 
 def _data(shape: tuple[int, ...], dtype: str = "float32") -> np.ndarray:
@@ -44,39 +31,6 @@ def _data(shape: tuple[int, ...], dtype: str = "float32") -> np.ndarray:
         return RNG.standard_normal(shape).astype(dtype)
     info = np.iinfo(dtype)
     return RNG.integers(max(info.min, -100), min(info.max, 100), shape).astype(dtype)
-
-
-def _folded(model: onnx.ModelProto, feeds: dict[str, np.ndarray], *, rtol: float,
-            atol: float) -> None:
-    """Make every input an initializer: kiln folds the node with its NumPy reference."""
-    const = onnx.ModelProto()
-    const.CopyFrom(model)
-    for vi in list(const.graph.input):
-        const.graph.initializer.append(numpy_helper.from_array(feeds[vi.name], vi.name))
-    del const.graph.input[:]
-    mod, params = kiln.from_onnx(const)
-    expected = ort_run(model, feeds)
-    for value, e in zip(mod.graph.outputs, expected, strict=True):
-        got = params[value.name]
-        assert got.shape == e.shape and got.dtype == e.dtype, (got.shape, got.dtype, e.shape)
-        np.testing.assert_allclose(got, e, rtol=rtol, atol=atol)
-
-
-def _check_reference(op: str, x: np.ndarray, *, opset: int, consts: dict, **attrs) -> None:
-    """Compiled kiln vs the ONNX reference evaluator, for cases onnxruntime does not run."""
-    model = _model(op, {"x": x}, opset=opset, consts=consts, **attrs)
-    expected = ReferenceEvaluator(model).run(None, {"x": x})[0]
-    got = kiln_run(model, {"x": x})[0]
-    assert got.dtype == expected.dtype
-    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
-
-
-def _check(op: str, x: np.ndarray, *, opset: int = 22, consts: dict | None = None,
-           rtol: float = 1e-5, atol: float = 1e-5, **attrs) -> None:
-    """x (and any consts) through op: compiled and folded, both vs onnxruntime."""
-    model = _model(op, {"x": x}, opset=opset, consts=consts, **attrs)
-    check_against_ort(model, {"x": x}, rtol=rtol, atol=atol)
-    _folded(model, {"x": x}, rtol=rtol, atol=atol)
 
 
 # Conv ----------------------------------------------------------------------------------------
@@ -104,7 +58,7 @@ CONV_2D = [
 @pytest.mark.parametrize("xs,ws,attrs", CONV_2D)
 def test_conv_2d(xs, ws, attrs, bias):
     consts = {"w": _data(ws)} | ({"b": _data((ws[0],))} if bias else {})
-    _check("Conv", _data(xs), consts=consts, **attrs)
+    check_op("Conv", {"x": _data(xs)}, opset=22, consts=consts, **attrs)
 
 
 # 8+ output channels per group take the im2col kernel: tiles of positions, chunks of taps.
@@ -120,8 +74,8 @@ def test_conv_2d(xs, ws, attrs, bias):
 ])
 def test_conv_im2col(xs, ws, attrs):
     # Up to 576 products per output, summed in another order than MLAS': atol 1e-4.
-    _check("Conv", _data(xs), consts={"w": _data(ws), "b": _data((ws[0],))}, atol=1e-4,
-           **attrs)
+    check_op("Conv", {"x": _data(xs)}, opset=22, consts={"w": _data(ws), "b": _data((ws[0],))},
+             atol=1e-4, **attrs)
 
 
 @pytest.mark.parametrize("xs,ws,attrs", [
@@ -131,19 +85,25 @@ def test_conv_im2col(xs, ws, attrs):
     ((1, 4, 4, 5, 6), (4, 2, 2, 3, 1), {"group": 2, "dilations": [2, 1, 1]}),
 ])
 def test_conv_1d_3d(xs, ws, attrs):
-    _check("Conv", _data(xs), consts={"w": _data(ws), "b": _data((ws[0],))}, **attrs)
+    check_op("Conv", {"x": _data(xs)}, opset=22, consts={"w": _data(ws), "b": _data((ws[0],))},
+             **attrs)
 
 
 def test_conv_opset_1():
     x, w = _data((1, 2, 6, 6)), _data((3, 2, 3, 3))
-    _check("Conv", x, consts={"w": w}, opset=1, pads=[1, 1, 1, 1], kernel_shape=[3, 3])
+    check_op("Conv", {"x": x}, consts={"w": w}, opset=1, pads=[1, 1, 1, 1], kernel_shape=[3, 3])
 
 
 @pytest.mark.parametrize("m", [3, 8])
 def test_conv_float64(m):
     # onnxruntime has no float64 Conv: compare with the ONNX reference evaluator.
     x, w = _data((1, 2, 6, 6), "float64"), _data((m, 2, 3, 3), "float64")
-    _check_reference("Conv", x, consts={"w": w}, opset=13, pads=[1, 0, 1, 1], strides=[1, 2])
+    model = single_node_model("Conv", {"x": x}, consts={"w": w}, opset=13, pads=[1, 0, 1, 1],
+                              strides=[1, 2])
+    expected = reference_run(model, {"x": x})[0]
+    got = kiln_run(model, {"x": x})[0]
+    assert got.dtype == expected.dtype
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("c,group", [(3, 1), (16, 1), (16, 16)])  # row, im2col, depthwise
@@ -164,27 +124,27 @@ def test_conv_with_fused_epilogue(c, group):
 
 def test_conv_weight_as_graph_input():
     x, w = _data((1, 2, 5, 5)), _data((2, 2, 3, 3))
-    model = _model("Conv", {"x": x, "w": w}, opset=13, strides=[2, 2])
+    model = single_node_model("Conv", {"x": x, "w": w}, opset=13, strides=[2, 2])
     check_against_ort(model, {"x": x, "w": w})
 
 
 def test_conv_group_mismatch_is_a_shape_error():
-    model = _model("Conv", {"x": _data((1, 4, 5, 5))}, consts={"w": _data((3, 2, 3, 3))},
-                   opset=13, group=2)
+    model = single_node_model("Conv", {"x": _data((1, 4, 5, 5))}, consts={"w": _data((3, 2, 3, 3))},
+                              opset=13, node_name="the_node", group=2)
     with pytest.raises(ShapeError, match="the_node.*group=2"):
         kiln.from_onnx(model)
 
 
 def test_conv_unknown_auto_pad():
-    model = _model("Conv", {"x": _data((1, 2, 5, 5))}, consts={"w": _data((2, 2, 3, 3))},
-                   opset=13, auto_pad="SAME")
+    model = single_node_model("Conv", {"x": _data((1, 2, 5, 5))}, consts={"w": _data((2, 2, 3, 3))},
+                              opset=13, auto_pad="SAME")
     with pytest.raises(UnsupportedOpError, match="auto_pad 'SAME'"):
         kiln.from_onnx(model)
 
 
 def test_conv_kernel_larger_than_input():
-    model = _model("Conv", {"x": _data((1, 2, 2, 2))}, consts={"w": _data((2, 2, 3, 3))},
-                   opset=13)
+    model = single_node_model("Conv", {"x": _data((1, 2, 2, 2))}, consts={"w": _data((2, 2, 3, 3))},
+                              opset=13)
     with pytest.raises(ShapeError, match="larger than the padded input"):
         kiln.from_onnx(model)
 
@@ -209,7 +169,7 @@ def test_conv_kernel_larger_than_input():
 def test_conv_transpose_2d(xs, ws, attrs, bias):
     m = ws[1] * attrs.get("group", 1)
     consts = {"w": _data(ws)} | ({"b": _data((m,))} if bias else {})
-    _check("ConvTranspose", _data(xs), consts=consts, **attrs)
+    check_op("ConvTranspose", {"x": _data(xs)}, opset=22, consts=consts, **attrs)
 
 
 @pytest.mark.parametrize("xs,ws,attrs", [
@@ -217,7 +177,8 @@ def test_conv_transpose_2d(xs, ws, attrs, bias):
     ((1, 2, 2, 3, 2), (2, 2, 2, 2, 2), {"strides": [2, 1, 2], "dilations": [1, 2, 1]}),
 ])
 def test_conv_transpose_1d_3d(xs, ws, attrs):
-    _check("ConvTranspose", _data(xs), consts={"w": _data(ws), "b": _data((ws[1],))}, **attrs)
+    check_op("ConvTranspose", {"x": _data(xs)}, opset=22,
+             consts={"w": _data(ws), "b": _data((ws[1],))}, **attrs)
 
 
 # Pools ---------------------------------------------------------------------------------------
@@ -242,13 +203,14 @@ POOLS = [
 
 @pytest.mark.parametrize("xs,attrs", POOLS)
 def test_max_pool(xs, attrs):
-    _check("MaxPool", _data(xs), **attrs)
+    check_op("MaxPool", {"x": _data(xs)}, opset=22, **attrs)
 
 
 @pytest.mark.parametrize("count_include_pad", [0, 1])
 @pytest.mark.parametrize("xs,attrs", POOLS)
 def test_average_pool(xs, attrs, count_include_pad):
-    _check("AveragePool", _data(xs), count_include_pad=count_include_pad, **attrs)
+    check_op("AveragePool", {"x": _data(xs)}, opset=22, count_include_pad=count_include_pad,
+             **attrs)
 
 
 # Planes over 256 KiB do not get a padded local copy: windows check their bounds instead.
@@ -260,28 +222,30 @@ def test_average_pool(xs, attrs, count_include_pad):
     ("AveragePool", {"kernel_shape": [2, 2], "pads": [1, 1, 1, 1]}),
 ])
 def test_pool_large_plane(op, attrs):
-    _check(op, _data((1, 1, 260, 261)), **attrs)
+    check_op(op, {"x": _data((1, 1, 260, 261))}, opset=22, **attrs)
 
 
 def test_depthwise_conv_large_plane():
     x = _data((1, 2, 260, 261))
-    _check("Conv", x, consts={"w": _data((2, 1, 3, 3))}, group=2, pads=[1, 1, 1, 1])
+    check_op("Conv", {"x": x}, opset=22, consts={"w": _data((2, 1, 3, 3))}, group=2,
+             pads=[1, 1, 1, 1])
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int8", "float64"])
 def test_max_pool_dtypes(dtype):
-    _check("MaxPool", _data((1, 2, 5, 6), dtype), kernel_shape=[2, 2], pads=[1, 1, 0, 0])
+    check_op("MaxPool", {"x": _data((1, 2, 5, 6), dtype)}, opset=22, kernel_shape=[2, 2],
+             pads=[1, 1, 0, 0])
 
 
 @pytest.mark.parametrize("storage_order", [0, 1])
 def test_max_pool_indices(storage_order):
     x = _data((2, 2, 5, 6))
     x[0, 0, :2, :2] = 7.0  # a tie: the first maximum in the window wins
-    model = _model("MaxPool", {"x": x}, opset=12, outputs={"y": "float32", "i": "int64"},
-                   kernel_shape=[3, 2], strides=[2, 2], pads=[1, 0, 1, 1],
-                   storage_order=storage_order)
+    model = single_node_model("MaxPool", {"x": x}, opset=12, outputs={"y": "float32", "i": "int64"},
+                              kernel_shape=[3, 2], strides=[2, 2], pads=[1, 0, 1, 1],
+                              storage_order=storage_order)
     check_against_ort(model, {"x": x})
-    _folded(model, {"x": x}, rtol=0, atol=0)
+    check_folded_against_ort(model, {"x": x}, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
@@ -290,8 +254,8 @@ def test_pool_same_with_dilation_follows_the_spec(op):
     # onnxruntime pads as if undilated and gives 5, so compare with explicit pads instead.
     x = _data((1, 2, 7, 7))
     attrs = {"kernel_shape": [3, 3], "dilations": [2, 2]}
-    same = _model(op, {"x": x}, opset=19, auto_pad="SAME_UPPER", **attrs)
-    explicit = _model(op, {"x": x}, opset=19, pads=[2, 2, 2, 2], **attrs)
+    same = single_node_model(op, {"x": x}, opset=19, auto_pad="SAME_UPPER", **attrs)
+    explicit = single_node_model(op, {"x": x}, opset=19, pads=[2, 2, 2, 2], **attrs)
     np.testing.assert_allclose(kiln_run(same, {"x": x})[0], ort_run(explicit, {"x": x})[0],
                                rtol=1e-5, atol=1e-6)
 
@@ -299,38 +263,39 @@ def test_pool_same_with_dilation_follows_the_spec(op):
 @pytest.mark.parametrize("opset", [7, 10, 11])
 def test_pools_old_opsets(opset):
     attrs = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
-    _check("MaxPool", _data((1, 2, 7, 7)), opset=opset, **attrs)
-    _check("AveragePool", _data((1, 2, 7, 7)), opset=opset, count_include_pad=1, **attrs)
+    check_op("MaxPool", {"x": _data((1, 2, 7, 7))}, opset=opset, **attrs)
+    check_op("AveragePool", {"x": _data((1, 2, 7, 7))}, opset=opset, count_include_pad=1, **attrs)
 
 
 def test_pool_window_larger_than_input():
-    model = _model("MaxPool", {"x": _data((1, 1, 3, 3))}, opset=13, kernel_shape=[5, 5])
+    model = single_node_model("MaxPool", {"x": _data((1, 1, 3, 3))}, opset=13,
+                              node_name="the_node", kernel_shape=[5, 5])
     with pytest.raises(ShapeError, match="the_node.*larger than the padded input"):
         kiln.from_onnx(model)
 
 
 def test_pool_needs_kernel_shape():
     with pytest.raises(ShapeError, match="kernel_shape is required"):
-        kiln.from_onnx(_model("MaxPool", {"x": _data((1, 1, 3, 3))}, opset=13))
+        kiln.from_onnx(single_node_model("MaxPool", {"x": _data((1, 1, 3, 3))}, opset=13))
 
 
 @pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool"])
 @pytest.mark.parametrize("shape", [(2, 3, 5, 4), (1, 4, 7), (1, 2, 2, 3, 3)])
 def test_global_pools(op, shape):
-    _check(op, _data(shape))
+    check_op(op, {"x": _data(shape)}, opset=22)
 
 
 @pytest.mark.parametrize("size,attrs", [(3, {}), (1, {"alpha": 0.01, "beta": 0.5, "bias": 2.0}),
                                         (5, {"alpha": 2e-4})])
 def test_lrn(size, attrs):
-    _check("LRN", _data((2, 7, 4, 5)), opset=13, size=size, **attrs)
+    check_op("LRN", {"x": _data((2, 7, 4, 5))}, opset=13, size=size, **attrs)
 
 
 def test_lrn_even_size():
     # onnxruntime rejects even sizes (and the ONNX reference mixes up N and C): the window of
     # channel c is max(0, c - 1) .. min(C - 1, c + 2) for size 4, from the spec's formula.
     x = _data((2, 6, 3, 2))
-    model = _model("LRN", {"x": x}, opset=13, size=4, alpha=0.1, beta=0.75, bias=1.0)
+    model = single_node_model("LRN", {"x": x}, opset=13, size=4, alpha=0.1, beta=0.75, bias=1.0)
     sums = np.stack([np.square(x[:, max(0, c - 1):c + 3]).sum(axis=1) for c in range(6)], 1)
     expected = x / (1.0 + 0.1 / 4 * sums) ** 0.75
     np.testing.assert_allclose(kiln_run(model, {"x": x})[0], expected, rtol=1e-5, atol=1e-6)
@@ -346,24 +311,25 @@ def _bn_params(c: int) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("opset", [7, 9, 14, 15])
 @pytest.mark.parametrize("shape", [(2, 3, 4, 5), (3, 4), (2, 3, 6)])
 def test_batch_norm(opset, shape):
-    _check("BatchNormalization", _data(shape), opset=opset, consts=_bn_params(shape[1]),
-           epsilon=1e-3)
+    check_op("BatchNormalization", {"x": _data(shape)}, opset=opset, consts=_bn_params(shape[1]),
+             epsilon=1e-3)
 
 
 @pytest.mark.parametrize("opset,attrs", [(9, {}), (15, {"training_mode": 1})])
 def test_batch_norm_training_mode_is_unsupported(opset, attrs):
     # Before opset 14, listing the statistics outputs is what asks for training mode.
     stats = ["y", "mean", "var"] + (["saved_mean", "saved_var"] if opset < 14 else [])
-    model = _model("BatchNormalization", {"x": _data((2, 3, 4))}, opset=opset,
-                   consts=_bn_params(3), outputs=dict.fromkeys(stats, "float32"), **attrs)
+    model = single_node_model("BatchNormalization", {"x": _data((2, 3, 4))}, opset=opset,
+                              consts=_bn_params(3), outputs=dict.fromkeys(stats, "float32"),
+                              node_name="the_node", **attrs)
     with pytest.raises(UnsupportedOpError, match="the_node.*training mode"):
         kiln.from_onnx(model)
 
 
 def test_instance_norm():
     x = _data((2, 3, 5, 6)) * 3 + 1
-    _check("InstanceNormalization", x, consts={"scale": _data((3,)), "bias": _data((3,))},
-           epsilon=1e-3)
+    check_op("InstanceNormalization", {"x": x}, opset=22,
+             consts={"scale": _data((3,)), "bias": _data((3,))}, epsilon=1e-3)
 
 
 @pytest.mark.parametrize("shape,axis", [((2, 5, 8), -1), ((2, 5, 8), 1), ((3, 4, 2, 5), 0),
@@ -372,29 +338,29 @@ def test_instance_norm():
 def test_layer_norm(shape, axis, bias):
     norm = shape[axis % len(shape):]
     consts = {"scale": _data(norm)} | ({"bias": _data(norm)} if bias else {})
-    _check("LayerNormalization", _data(shape) + 2, opset=17, consts=consts, axis=axis,
-           epsilon=1e-4)
+    check_op("LayerNormalization", {"x": _data(shape) + 2}, opset=17, consts=consts, axis=axis,
+             epsilon=1e-4)
 
 
 def test_layer_norm_broadcast_scale_and_statistics_outputs():
     x = _data((2, 3, 4)) * 2 + 1
-    model = _model("LayerNormalization", {"x": x}, opset=17,
-                   consts={"scale": _data((1, 4)), "bias": _data((4,))}, axis=1,
-                   outputs=dict.fromkeys(["y", "mean", "inv_std"], "float32"))
+    model = single_node_model("LayerNormalization", {"x": x}, opset=17,
+                              consts={"scale": _data((1, 4)), "bias": _data((4,))}, axis=1,
+                              outputs=dict.fromkeys(["y", "mean", "inv_std"], "float32"))
     check_against_ort(model, {"x": x})
-    _folded(model, {"x": x}, rtol=1e-5, atol=1e-5)
+    check_folded_against_ort(model, {"x": x}, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape,axis", [((2, 5, 8), -1), ((3, 4, 2, 5), 1)])
 def test_rms_norm(shape, axis):
     norm = shape[axis % len(shape):]
-    _check("RMSNormalization", _data(shape), opset=23, consts={"scale": _data(norm)}, axis=axis,
-           epsilon=1e-4)
+    check_op("RMSNormalization", {"x": _data(shape)}, opset=23, consts={"scale": _data(norm)},
+             axis=axis, epsilon=1e-4)
 
 
 def test_layer_norm_axis_out_of_range():
-    model = _model("LayerNormalization", {"x": _data((2, 3))}, opset=17,
-                   consts={"scale": _data((3,))}, axis=2)
+    model = single_node_model("LayerNormalization", {"x": _data((2, 3))}, opset=17,
+                              consts={"scale": _data((3,))}, axis=2)
     with pytest.raises(ShapeError, match="axis 2 out of range"):
         kiln.from_onnx(model)
 
@@ -403,13 +369,13 @@ def test_layer_norm_axis_out_of_range():
 def test_group_norm(opset):
     groups, c = 2, 6
     param = groups if opset == 18 else c
-    _check("GroupNormalization", _data((2, c, 3, 4)) + 1, opset=opset, num_groups=groups,
-           consts={"scale": _data((param,)), "bias": _data((param,))}, epsilon=1e-3)
+    check_op("GroupNormalization", {"x": _data((2, c, 3, 4)) + 1}, opset=opset, num_groups=groups,
+             consts={"scale": _data((param,)), "bias": _data((param,))}, epsilon=1e-3)
 
 
 def test_group_norm_groups_must_divide_channels():
-    model = _model("GroupNormalization", {"x": _data((1, 6, 2))}, opset=21, num_groups=4,
-                   consts={"scale": _data((6,)), "bias": _data((6,))})
+    model = single_node_model("GroupNormalization", {"x": _data((1, 6, 2))}, opset=21, num_groups=4,
+                              consts={"scale": _data((6,)), "bias": _data((6,))})
     with pytest.raises(ShapeError, match="num_groups 4 must divide the 6 channels"):
         kiln.from_onnx(model)
 
@@ -417,16 +383,16 @@ def test_group_norm_groups_must_divide_channels():
 @pytest.mark.parametrize("axes", [None, [1], [2, 3], [0, -1]])
 def test_mean_variance_norm(axes):
     attrs = {} if axes is None else {"axes": axes}
-    _check("MeanVarianceNormalization", _data((2, 3, 4, 5)) * 2 + 1, opset=13, **attrs)
+    check_op("MeanVarianceNormalization", {"x": _data((2, 3, 4, 5)) * 2 + 1}, opset=13, **attrs)
 
 
 @pytest.mark.parametrize("p,axis", [(2, -1), (1, 1), (2, 0)])
 def test_lp_norm(p, axis):
     x = _data((3, 4, 5))
     x[0, 0] = 0  # a zero vector normalizes to zeros
-    _check("LpNormalization", x, p=p, axis=axis)
+    check_op("LpNormalization", {"x": x}, opset=22, p=p, axis=axis)
 
 
 def test_lp_norm_other_p_is_unsupported():
     with pytest.raises(UnsupportedOpError, match="p=3"):
-        kiln.from_onnx(_model("LpNormalization", {"x": _data((2, 3))}, opset=13, p=3))
+        kiln.from_onnx(single_node_model("LpNormalization", {"x": _data((2, 3))}, opset=13, p=3))

@@ -28,6 +28,12 @@ def _resize(x, *, scales=None, sizes=None, roi=None, opset=19, **attrs) -> onnx.
     return single_node_model("Resize", {"x": x}, consts=consts, opset=opset, **attrs)
 
 
+def _scales_input(op: str, x, scales, *, opset: int, **attrs) -> onnx.ModelProto:
+    """Resize-10 and Upsample-9: op(x, scales), the scales an initializer."""
+    return single_node_model(op, {"x": x}, consts={"s": np.array(scales, np.float32)},
+                             opset=opset, **attrs)
+
+
 def _data(shape, dtype="float32", seed=0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if np.dtype(dtype).kind == "f":
@@ -88,23 +94,14 @@ ORT_CASES = [
                            keep_aspect_ratio_policy="not_larger")),
     ("not_smaller", _resize(X, sizes=[9, 9], axes=[2, 3], mode="nearest",
                             keep_aspect_ratio_policy="not_smaller")),
-    ("resize10_nearest_down", single_node_model(
-        "Resize", {"x": _data((1, 10))}, consts={"s": np.array([1, 0.7], np.float32)},
-        opset=10)),
-    ("resize10_nearest_up", single_node_model(
-        "Resize", {"x": X}, consts={"s": np.array([1, 1, 3, 2.5], np.float32)}, opset=10,
-        mode="nearest")),
-    ("resize10_linear", single_node_model(
-        "Resize", {"x": X}, consts={"s": np.array([1, 1, 1.7, 0.6], np.float32)}, opset=10,
-        mode="linear")),
+    ("resize10_nearest_down", _scales_input("Resize", _data((1, 10)), [1, 0.7], opset=10)),
+    ("resize10_nearest_up", _scales_input("Resize", X, [1, 1, 3, 2.5], opset=10,
+                                          mode="nearest")),
+    ("resize10_linear", _scales_input("Resize", X, [1, 1, 1.7, 0.6], opset=10, mode="linear")),
     ("upsample7_nearest", single_node_model("Upsample", {"x": X}, opset=7,
                                             scales=[1.0, 1.0, 3.0, 2.5])),
-    ("upsample9_nearest", single_node_model(
-        "Upsample", {"x": X}, consts={"s": np.array([1, 1, 2, 2], np.float32)}, opset=9,
-        mode="nearest")),
-    ("upsample9_linear", single_node_model(
-        "Upsample", {"x": X}, consts={"s": np.array([1, 1, 1.7, 2.5], np.float32)}, opset=9,
-        mode="linear")),
+    ("upsample9_nearest", _scales_input("Upsample", X, [1, 1, 2, 2], opset=9, mode="nearest")),
+    ("upsample9_linear", _scales_input("Upsample", X, [1, 1, 1.7, 2.5], opset=9, mode="linear")),
 ]
 
 
@@ -192,8 +189,7 @@ def test_resize_folds_constant_input():
      UnsupportedOpError, "keep_aspect_ratio_policy 'fit'"),
     (_resize(X, sizes=[1, 2, 4, 4], roi=[0, 1],
              coordinate_transformation_mode="tf_crop_and_resize"), ShapeError, "roi"),
-    (single_node_model("Upsample", {"x": X}, consts={"s": np.array([1, 1, 0.5, 2], np.float32)},
-                       opset=9), ShapeError, ">= 1"),
+    (_scales_input("Upsample", X, [1, 1, 0.5, 2], opset=9), ShapeError, ">= 1"),
 ])
 def test_resize_errors(model, error, match):
     with pytest.raises(error, match=match):
