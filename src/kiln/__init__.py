@@ -18,9 +18,10 @@ from .errors import (
     UnsupportedOpError,
     VerificationError,
 )
-from .runtime import Device, GraphModule, Library, cpu, device, load_module
+from .runtime import Device, GraphModule, Library, cpu, device, load_module, load_params
 
-_LAZY = {"build": ("kiln.compiler", "build"), "frontend": ("kiln.frontend", None),
+_LAZY = {"build": ("kiln.compiler", "build"), "link": ("kiln.export.factory", "link"),
+         "frontend": ("kiln.frontend", None),
          "ir": ("kiln.ir", None), "from_onnx": ("kiln.frontend", "from_onnx")}
 
 
@@ -38,5 +39,5 @@ __all__ = [
     "CompatibilityError", "CompileError", "Device", "ExportError", "FormatError", "GraphModule",
     "InputError", "KilnError", "Library", "ModelImportError", "NotConstantError", "ShapeError",
     "UnsupportedOpError", "VerificationError", "__version__", "build", "cpu", "device",
-    "from_onnx", "load_module",
+    "from_onnx", "link", "load_module", "load_params",
 ]

@@ -11,9 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from .codegen.aot import render_entry
 from .codegen.render import render_kernel
 from .codegen.target import Target, resolve_target
 from .codegen.toolchain import compile_kernels
+from .errors import CompileError
 from .export.factory import CompiledModel, FactoryModule
 from .ir import Module, Value
 from .passes.fuse import fuse
@@ -33,8 +35,12 @@ def _tensor(name: str, v: Value, plan: MemoryPlan, params: set[str]) -> dict[str
             "loc": _location(v, plan, params)}
 
 
-def compile_model(mod: Module, target: Target, *, progress: bool | None = None) -> CompiledModel:
-    """Optimize, fuse, plan and compile one bound module."""
+EXECUTORS = ("graph", "aot")
+
+
+def compile_model(mod: Module, target: Target, *, executor: str = "graph",
+                  progress: bool | None = None) -> CompiledModel:
+    """Optimize, fuse, plan and compile one bound module for the given executor kind."""
     mod = optimize(mod, check=bool(os.environ.get("KILN_VERIFY")))
     groups = fuse(mod)
     plan = plan_memory(mod, groups)
@@ -42,7 +48,7 @@ def compile_model(mod: Module, target: Target, *, progress: bool | None = None) 
     objects = compile_kernels(kernels, target, progress=progress)
     params = {p.name for p in mod.graph.params}
     spec = {
-        "executor": "graph",
+        "executor": executor,
         "inputs": [_tensor(v.name, v, plan, params) for v in mod.graph.inputs],
         "outputs": [_tensor(n, v, plan, params)
                     for n, v in zip(mod.graph.output_names, mod.graph.outputs, strict=True)],
@@ -62,7 +68,12 @@ def compile_model(mod: Module, target: Target, *, progress: bool | None = None) 
         "ir": str(mod),
     }
     weights = {p.name: np.asarray(mod.params[p.name], order="C") for p in mod.graph.params}
-    return CompiledModel(mod.name, spec, weights, {k.name: objects[k.name] for k in kernels})
+    objects = {k.name: objects[k.name] for k in kernels}
+    if executor == "aot":
+        entry = render_entry(spec["kernels"], sorted(weights))
+        objects.update(compile_kernels([entry], target, progress=False))
+        spec["entry"] = entry.name
+    return CompiledModel(mod.name, spec, weights, objects)
 
 
 def build(
@@ -70,14 +81,21 @@ def build(
     *,
     target: str | dict[str, Any] | None = None,
     params: dict[str, np.ndarray] | None = None,
+    executor: str = "graph",
     progress: bool | None = None,
 ) -> FactoryModule:
-    """Compile a module (or {name: module}) for target; params binds the weights by name."""
+    """Compile a module (or {name: module}) for target; params binds the weights by name.
+
+    executor: "graph" (Python steps through the kernels; can profile them) or "aot" (one
+    generated C entry point runs the whole model in a single native call).
+    """
+    if executor not in EXECUTORS:
+        raise CompileError(f"unknown executor {executor!r}; choose one of {list(EXECUTORS)}")
     tgt = resolve_target(target)
     mods = mod if isinstance(mod, dict) else {"default": mod}
     compiled = {}
     for name, m in mods.items():
         bound = m.bind(params)
         bound.name = name
-        compiled[name] = compile_model(bound, tgt, progress=progress)
+        compiled[name] = compile_model(bound, tgt, executor=executor, progress=progress)
     return FactoryModule(compiled, tgt)

@@ -49,3 +49,12 @@ static inline float kiln_expf(float x) {
     return p * s1 * s2;
 }
 """
+
+
+# Linked into every library: the runtime sets the thread count before each run, so it is a
+# run-time choice, not a property of the library.
+SUPPORT_NAME = "kiln_support"
+SUPPORT_SOURCE = r"""#include <omp.h>
+void kiln_set_num_threads(int n) { omp_set_num_threads(n > 0 ? n : 1); }
+int kiln_max_threads(void) { return omp_get_max_threads(); }
+"""

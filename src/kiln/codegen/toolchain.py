@@ -78,7 +78,8 @@ def compile_kernels(kernels: Sequence[KernelSource], target: Target,
         return {name: f.result() for name, f in futures.items()}
 
 
-def _blob_asm(blob_path: Path) -> str:
+def blob_asm(blob_path: Path) -> str:
+    """Assembler stub placing the blob file in the non-loaded section .kiln."""
     path = str(blob_path).replace("\\", "\\\\").replace('"', '\\"')
     return (f'.section .kiln,"",@progbits\n.balign 64\n.incbin "{path}"\n'
             '.section .note.GNU-stack,"",@progbits\n')
@@ -94,7 +95,7 @@ def link_shared_library(objects: dict[str, bytes], blob: bytes, target: Target, 
             p.write_bytes(objects[name])
             paths.append(str(p))
         (work / "blob.bin").write_bytes(blob)
-        (work / "blob.s").write_text(_blob_asm(work / "blob.bin"))
+        (work / "blob.s").write_text(blob_asm(work / "blob.bin"))
         cmd = [target.cc, *target.cflags, "-shared", "-o", str(out), *paths, str(work / "blob.s"),
                "-lm", "-Wl,-z,noexecstack"]
         done = subprocess.run(cmd, capture_output=True, text=True, cwd=work)

@@ -1,10 +1,19 @@
-"""FactoryModule: what kiln.build returns; exports one native library holding everything."""
+"""FactoryModule: what kiln.build returns; exports one native library holding everything.
+
+The output path's suffix states the intent: `.so` is the native library; `.tar` holds the
+object files, the blob, a manifest and the linked library (to link or inspect elsewhere);
+a directory (a path without suffix) receives `<name>.so`.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
+import tarfile
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,12 +21,21 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
+from ..codegen.prelude import SUPPORT_NAME, SUPPORT_SOURCE
+from ..codegen.render import KernelSource
 from ..codegen.target import Target
-from ..codegen.toolchain import cache_dir, link_shared_library
+from ..codegen.toolchain import (
+    atomic_write,
+    blob_asm,
+    cache_dir,
+    compile_kernels,
+    link_shared_library,
+)
 from ..errors import ExportError
 from ..runtime.blob import CODE_DIGEST_OFFSET, code_digest, write_blob
 from ..runtime.elf import read_elf
 from ..runtime.library import SECTION, Library, load_module
+from ..runtime.params import save_params
 
 
 @dataclass
@@ -36,6 +54,8 @@ class FactoryModule:
     def __init__(self, models: dict[str, CompiledModel], target: Target) -> None:
         self.compiled = models
         self.target = target
+        self._support = compile_kernels([KernelSource(SUPPORT_NAME, SUPPORT_SOURCE)], target,
+                                        progress=False)
         self._loaded: Library | None = None
 
     @property
@@ -46,48 +66,95 @@ class FactoryModule:
         """The optimized IR text of a model: what was compiled."""
         return self.compiled[name].spec["ir"]
 
-    def _blob(self) -> bytes:
+    def _blob(self, package_params: bool = True) -> bytes:
         arrays: list[np.ndarray] = []
         index: dict[bytes, int] = {}
         models = {}
         for name, m in sorted(self.compiled.items()):
             params = []
             for pname, array in sorted(m.weights.items()):
-                key = hashlib.blake2b(array.tobytes(), digest_size=32).digest()
-                if key not in index:  # byte-identical weights are stored once
-                    index[key] = len(arrays)
-                    arrays.append(array)
-                params.append({"name": pname, "shape": list(array.shape),
-                               "dtype": array.dtype.name, "weight": index[key]})
+                entry = {"name": pname, "shape": list(array.shape), "dtype": array.dtype.name,
+                         "weight": None}
+                if package_params:
+                    key = hashlib.blake2b(array.tobytes(), digest_size=32).digest()
+                    if key not in index:  # byte-identical weights are stored once
+                        index[key] = len(arrays)
+                        arrays.append(array)
+                    entry["weight"] = index[key]
+                params.append(entry)
             models[name] = dict(m.spec, params=params)
         manifest = {"kiln_version": __version__, "target": self.target.describe(),
                     "models": models}
         return write_blob(manifest, arrays)
 
     def _objects(self) -> dict[str, bytes]:
-        objects: dict[str, bytes] = {}
+        objects = dict(self._support)
         for m in self.compiled.values():
             objects.update(m.objects)
         return objects
 
-    def export_library(self, path: str | os.PathLike) -> str:
-        """Write the library to path (suffix .so); atomic: no partial file on failure."""
+    def export_library(self, path: str | os.PathLike, *, package_params: bool = True) -> str:
+        """Write the library to path by suffix (.so, .tar, or a directory); returns the path.
+
+        Atomic: a failed export leaves nothing at path. With package_params=False the
+        weights stay out (ship them with export_params; executors then need load_params).
+        """
         out = Path(path)
-        if out.suffix != ".so":
-            raise ExportError(f"cannot export to '{out}': unknown suffix '{out.suffix}'; "
-                              "use .so (a native shared library)")
+        if out.suffix == "" and (out.is_dir() or not out.exists()):
+            out.mkdir(parents=True, exist_ok=True)
+            out = out / f"{self.models[0] if len(self.models) == 1 else 'models'}.so"
+        elif out.suffix not in (".so", ".tar"):
+            raise ExportError(f"cannot export to '{out}': unknown suffix '{out.suffix}'; use "
+                              ".so (native library), .tar (objects + blob) or a directory")
         if not out.parent.is_dir():
             raise ExportError(f"cannot export to '{out}': folder {out.parent} does not exist")
-        fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            link_shared_library(self._objects(), self._blob(), self.target, tmp)
-            _seal(tmp)
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
+        blob = self._blob(package_params)
+        if out.suffix == ".tar":
+            atomic_write(out, self._tar(blob))
+        else:
+            atomic_write(out, self._link(blob))
         return str(out)
+
+    def _link(self, blob: bytes) -> bytes:
+        """The sealed native library's bytes."""
+        with tempfile.TemporaryDirectory(prefix="kiln-export-") as tmp:
+            lib = Path(tmp) / "lib.so"
+            link_shared_library(self._objects(), blob, self.target, lib)
+            data = bytearray(lib.read_bytes())
+        section = read_elf(memoryview(bytes(data)), "linked library").sections[SECTION]
+        seal = code_digest(bytes(data), section.offset, section.size)
+        data[section.offset + CODE_DIGEST_OFFSET:section.offset + CODE_DIGEST_OFFSET + 32] = seal
+        return bytes(data)
+
+    def _tar(self, blob: bytes) -> bytes:
+        """A deterministic, uncompressed tar: objects, blob, linker stub, manifest, library."""
+        objects = self._objects()
+        members = {f"objects/{n}.o": obj for n, obj in sorted(objects.items())}
+        members["blob.bin"] = blob
+        members["blob.s"] = blob_asm(Path("blob.bin")).encode()
+        link = [self.target.cc, *self.target.cflags, "-shared", "-o", "lib.so",
+                *(f"objects/{n}.o" for n in sorted(objects)), "blob.s", "-lm",
+                "-Wl,-z,noexecstack"]
+        manifest = {"kiln_version": __version__, "target": self.target.describe(),
+                    "models": self.models, "link_command": link}
+        members["manifest.json"] = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        members["lib.so"] = self._link(blob)
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for name in sorted(members):
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = len(members[name]), 0o644, 0
+                tar.addfile(info, io.BytesIO(members[name]))
+        return buf.getvalue()
+
+    def export_params(self, path: str | os.PathLike) -> str:
+        """Write the weights to a .safetensors file (keys "<model>/<name>" for several models)."""
+        if Path(path).suffix != ".safetensors":
+            raise ExportError(f"cannot export params to '{path}': use a .safetensors path")
+        one = len(self.compiled) == 1
+        params = {(k if one else f"{name}/{k}"): v for name, m in self.compiled.items()
+                  for k, v in m.weights.items()}
+        return save_params(params, path)
 
     def _library(self) -> Library:
         """This factory exported to the cache and loaded (to run without exporting by hand)."""
@@ -108,10 +175,21 @@ class FactoryModule:
         return self._library()[name]
 
 
-def _seal(path: Path) -> None:
-    """Record the digest of the linked code in the blob header, in place."""
-    with open(path, "r+b") as f:
-        data = f.read()
-        section = read_elf(memoryview(data), str(path)).sections[SECTION]
-        f.seek(section.offset + CODE_DIGEST_OFFSET)
-        f.write(code_digest(data, section.offset, section.size))
+def link(factories: Iterable[FactoryModule]) -> FactoryModule:
+    """Combine built factories (same target, distinct model names) into one."""
+    factories = list(factories)
+    if not factories:
+        raise ExportError("link needs at least one built factory")
+    target = factories[0].target
+    models: dict[str, CompiledModel] = {}
+    for f in factories:
+        if f.target != target:
+            raise ExportError(f"cannot link factories built for different targets "
+                              f"({target.triple} {list(target.cflags)} vs {f.target.triple} "
+                              f"{list(f.target.cflags)})")
+        for name, m in f.compiled.items():
+            if name in models:
+                raise ExportError(f"cannot link: two factories both have a model named "
+                                  f"'{name}'; build them under different names")
+            models[name] = m
+    return FactoryModule(models, target)

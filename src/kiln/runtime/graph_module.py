@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, KilnError
 
 
 class GraphModule:
@@ -53,7 +53,22 @@ class GraphModule:
     @property
     def output_info(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """Output name -> (shape, dtype name)."""
-        return {n: (a.shape, a.dtype.name) for n, a in self.executor.outputs}
+        return {n: (shape, dtype.name) for n, (shape, dtype) in self.executor.outputs}
+
+    def load_params(self, params: dict[str, Any] | str) -> None:
+        """Set the weights of a model exported without them (a dict or a .safetensors path)."""
+        if not isinstance(params, dict):
+            from .params import load_params
+
+            params = load_params(params, model=self.executor.name)
+        self.executor.load_params(params)
+
+    def profile(self, repeat: int = 10) -> list[dict[str, Any]]:
+        """Per-kernel times (graph executor only): kernel ops, node, output shapes, ms."""
+        if not hasattr(self.executor, "profile"):
+            raise KilnError(f"profiling needs the graph executor; model '{self.executor.name}' "
+                            f"uses {self.executor.spec['executor']}")
+        return self.executor.profile(repeat)
 
     def get_output_by_name(self, name: str) -> np.ndarray:
         names = self.output_names

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,13 @@ class Library:
             raise KilnError(f"no model named '{name}' in {self.path}; it holds {self.models}")
 
         def create(dev: Device | str) -> Any:
-            from .executor import GraphExecutor
+            from .executor import EXECUTORS
 
-            return GraphExecutor(self, name, device(dev))
+            kind = self.manifest["models"][name].get("executor")
+            if kind not in EXECUTORS:
+                raise FormatError(f"{self.path}: model '{name}' needs executor {kind!r}, which "
+                                  f"this kiln does not have (it has {sorted(EXECUTORS)})")
+            return EXECUTORS[kind](self, name, device(dev))
 
         return create
 
@@ -70,22 +75,60 @@ def _map_file(path: str) -> mmap.mmap:
         raise FormatError(f"cannot read {path}: {e}") from None
 
 
-def load_module(path: str | os.PathLike) -> Library:
-    """Load a kiln library (.so) exported by `export_library`."""
-    path = os.fspath(path)
+def _memfd(data: bytes, name: str) -> str:
+    """An anonymous in-memory file holding data (Linux memfd); returns a path to it."""
+    if not hasattr(os, "memfd_create"):
+        raise FormatError("loading a library from memory needs Linux memfd support")
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    with os.fdopen(os.dup(fd), "wb") as f:
+        f.write(data)
+    return f"/proc/self/fd/{fd}"
+
+
+MAX_TAR_MEMBER = 1 << 36
+
+
+def _library_from_tar(path: str) -> bytes:
+    """The linked library inside a .tar export (member lib.so), size-checked."""
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            member = tar.getmember("lib.so")
+            if not member.isfile() or member.size > min(MAX_TAR_MEMBER, os.path.getsize(path)):
+                raise FormatError(f"{path}: member lib.so is not a plain file of sane size")
+            return tar.extractfile(member).read()
+    except KeyError:
+        raise FormatError(f"{path}: a .tar export must hold lib.so; this one does not") from None
+    except (tarfile.TarError, OSError) as e:
+        raise FormatError(f"{path} is not a readable kiln .tar export: {e}") from None
+
+
+def load_module(source: str | os.PathLike | bytes | bytearray | memoryview) -> Library:
+    """Load a kiln library: a .so path, a .tar export, or the library's bytes (no file made).
+
+    Everything is checked before the dynamic loader sees the code.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _load(_memfd(bytes(source), "kiln-library"), "<library in memory>")
+    path = os.fspath(source)
+    if path.endswith(".tar") and os.path.isfile(path):
+        return _load(_memfd(_library_from_tar(path), "kiln-library"), path)
+    return _load(path, path)
+
+
+def _load(path: str, where: str) -> Library:
     mapped = _map_file(path)
     view = memoryview(mapped)
-    elf = read_elf(view, path)
+    elf = read_elf(view, where)
     section = elf.sections.get(SECTION)
     if section is None:
-        raise FormatError(f"{path} is a shared library but not a kiln library "
+        raise FormatError(f"{where} is a shared library but not a kiln library "
                           f"(no {SECTION} section)")
-    blob = read_blob(view[section.offset:section.offset + section.size], path)
+    blob = read_blob(view[section.offset:section.offset + section.size], where)
     if code_digest(view, section.offset, section.size) != blob.code_digest:
-        raise FormatError(f"{path}: native code digest mismatch: the file is damaged")
-    check_compatible(blob.manifest.get("target"), elf.machine, path)
+        raise FormatError(f"{where}: native code digest mismatch: the file is damaged")
+    check_compatible(blob.manifest.get("target"), elf.machine, where)
     try:
-        native = ctypes.CDLL(str(Path(path).absolute()))
+        native = ctypes.CDLL(path if path.startswith("/proc/") else str(Path(path).absolute()))
     except OSError as e:
-        raise FormatError(f"{path}: the dynamic loader refused the library: {e}") from None
-    return Library(path, mapped, blob, native)
+        raise FormatError(f"{where}: the dynamic loader refused the library: {e}") from None
+    return Library(where, mapped, blob, native)
