@@ -102,20 +102,28 @@ def _library_from_tar(path: str) -> bytes:
         raise FormatError(f"{path} is not a readable kiln .tar export: {e}") from None
 
 
-def load_module(source: str | os.PathLike | bytes | bytearray | memoryview) -> Library:
+VERIFY_MODES = ("full", "header")
+
+
+def load_module(source: str | os.PathLike | bytes | bytearray | memoryview, *,
+                verify: str = "full") -> Library:
     """Load a kiln library: a .so path, a .tar export, or the library's bytes (no file made).
 
-    Everything is checked before the dynamic loader sees the code.
+    The header, manifest and native code are always checked against their digests before
+    the dynamic loader sees the code; verify="full" (default) also hashes the weights,
+    verify="header" skips that for the fastest load of large libraries.
     """
+    if verify not in VERIFY_MODES:
+        raise KilnError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return _load(_memfd(bytes(source), "kiln-library"), "<library in memory>")
+        return _load(_memfd(bytes(source), "kiln-library"), "<library in memory>", verify)
     path = os.fspath(source)
     if path.endswith(".tar") and os.path.isfile(path):
-        return _load(_memfd(_library_from_tar(path), "kiln-library"), path)
-    return _load(path, path)
+        return _load(_memfd(_library_from_tar(path), "kiln-library"), path, verify)
+    return _load(path, path, verify)
 
 
-def _load(path: str, where: str) -> Library:
+def _load(path: str, where: str, verify: str) -> Library:
     mapped = _map_file(path)
     view = memoryview(mapped)
     elf = read_elf(view, where)
@@ -123,7 +131,8 @@ def _load(path: str, where: str) -> Library:
     if section is None:
         raise FormatError(f"{where} is a shared library but not a kiln library "
                           f"(no {SECTION} section)")
-    blob = read_blob(view[section.offset:section.offset + section.size], where)
+    blob = read_blob(view[section.offset:section.offset + section.size], where,
+                     verify_weights=verify == "full")
     if code_digest(view, section.offset, section.size) != blob.code_digest:
         raise FormatError(f"{where}: native code digest mismatch: the file is damaged")
     check_compatible(blob.manifest.get("target"), elf.machine, where)
