@@ -51,12 +51,18 @@ def main() -> None:
               help="fix an input's shape, e.g. x:1x3x224x224 (repeatable)")
 @click.option("--dtype", "dtypes", multiple=True, metavar="NAME:DTYPE",
               help="override an input's dtype, e.g. ids:int32 (repeatable)")
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
-              help="library to write (.so)")
+@click.option("--output", "-o", required=True, type=click.Path(),
+              help="where to write: .so (library), .tar (objects + blob), or a directory")
+@click.option("--executor", type=click.Choice(["graph", "aot"]), default="graph",
+              show_default=True, help="graph: kernels stepped from Python (profilable); "
+              "aot: one native entry point per model")
+@click.option("--params-out", type=click.Path(dir_okay=False), metavar="FILE.safetensors",
+              help="export the weights to this file and leave them out of the library")
 @click.option("--mcpu", help="CPU to compile for (default: this machine)")
 @click.option("--cc", help="C compiler (default: $CC or cc)")
 @click.option("--print-ir", is_flag=True, help="print the optimized IR")
-def compile_cmd(model, inputs, dtypes, output, mcpu, cc, print_ir) -> None:
+def compile_cmd(model, inputs, dtypes, output, executor, params_out, mcpu, cc,
+                print_ir) -> None:
     """Compile an ONNX MODEL into one native library."""
     from .compiler import build
     from .frontend import from_onnx
@@ -67,8 +73,10 @@ def compile_cmd(model, inputs, dtypes, output, mcpu, cc, print_ir) -> None:
     try:
         start = time.perf_counter()
         mod, params = from_onnx(model, shapes=shapes, dtypes=dtype_map)
-        lib = build(mod, params=params, target=target)
-        path = lib.export_library(output)
+        lib = build(mod, params=params, target=target, executor=executor)
+        path = lib.export_library(output, package_params=params_out is None)
+        if params_out:
+            click.echo(f"wrote {lib.export_params(params_out)}")
     except KilnError as e:
         _fail(e)
     if print_ir:
@@ -105,12 +113,19 @@ def _load_inputs(specs, gmod, seed: int) -> dict[str, np.ndarray]:
 @click.option("--model", default="default", show_default=True, help="model in the library")
 @click.option("--seed", default=0, show_default=True, help="seed of the random inputs")
 @click.option("--repeat", default=1, show_default=True, help="runs to time")
-def run_cmd(library, inputs, output, model, seed, repeat) -> None:
+@click.option("--threads", type=int, help="CPU threads (default: $KILN_NUM_THREADS or all)")
+@click.option("--params", "params_file", type=click.Path(exists=True, dir_okay=False),
+              help="weights (.safetensors) for a library exported without them")
+@click.option("--profile", is_flag=True, help="print the time of each kernel (graph executor)")
+def run_cmd(library, inputs, output, model, seed, repeat, threads, params_file,
+            profile) -> None:
     """Run a model of LIBRARY on the CPU."""
     from .runtime import GraphModule, cpu, load_module
 
     try:
-        gmod = GraphModule(load_module(library)[model](cpu(0)))
+        gmod = GraphModule(load_module(library)[model](cpu(0, num_threads=threads)))
+        if params_file:
+            gmod.load_params(params_file)
         gmod.set_input(**_load_inputs(inputs, gmod, seed))
         times = []
         for _ in range(max(1, repeat)):
@@ -125,9 +140,28 @@ def run_cmd(library, inputs, output, model, seed, repeat) -> None:
                    f"min {value.min():.6g} max {value.max():.6g} mean {value.mean():.6g}"
                    if value.size and value.dtype.kind in "fiub" else f"{name}: {value!r}")
     click.echo(f"run: {min(times) * 1e3:.3f} ms (best of {len(times)})")
+    if profile:
+        _print_profile(gmod)
     if output:
         np.savez(output, **outputs)
         click.echo(f"wrote {output}")
+
+
+def _print_profile(gmod) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    try:
+        rows = gmod.profile()
+    except KilnError as e:
+        _fail(e)
+    total = sum(r["ms"] for r in rows) or 1.0
+    table = Table("#", "kernel (fused ops)", "node", "output shape", "ms", "%")
+    for k, r in enumerate(rows):
+        shape = " ".join("x".join(map(str, s)) for s in r["shapes"])
+        table.add_row(str(k), r["kernel"], r["node"], shape, f"{r['ms']:.4f}",
+                      f"{100 * r['ms'] / total:.1f}")
+    Console().print(table)
 
 
 def library_summary(lib) -> dict:

@@ -1,0 +1,78 @@
+"""The kiln command line: compile, run (with profile, threads, weights apart), inspect."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from kiln.cli import main
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "example_cnn.onnx"
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "cnn.so"
+    result = CliRunner().invoke(main, ["compile", str(EXAMPLE), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "kernels" in result.output
+    return out
+
+
+def test_run_writes_outputs_and_profiles(compiled, tmp_path):
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "out.npz"
+    result = CliRunner().invoke(main, ["run", str(compiled), "-i", f"image={tmp_path / 'x.npy'}",
+                                       "-o", str(out), "--profile", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "conv+relu" in result.output and "ms" in result.output
+    import kiln
+
+    gmod = kiln.GraphModule(kiln.load_module(compiled)["default"](kiln.cpu(0)))
+    gmod.run(image=x)
+    np.testing.assert_array_equal(np.load(out)["scores"], gmod.get_output(0))
+
+
+def test_inspect_json_reports_models_and_memory(compiled):
+    result = CliRunner().invoke(main, ["inspect", str(compiled), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    model = info["models"]["default"]
+    assert model["inputs"][0]["name"] == "image"
+    assert model["kernels"] == sum(model["ops"].values())
+    assert 0 < model["memory_peak_bytes"] <= model["memory_unplanned_bytes"]
+    assert info["format_version"] == "1.0"
+
+
+def test_aot_with_weights_apart(tmp_path):
+    runner = CliRunner()
+    weights = str(tmp_path / "w.safetensors")
+    result = runner.invoke(main, ["compile", str(EXAMPLE), "-o", str(tmp_path / "lib"),
+                                  "--executor", "aot", "--params-out", weights])
+    assert result.exit_code == 0, result.output
+    lib = tmp_path / "lib" / "default.so"
+    missing = runner.invoke(main, ["run", str(lib)])
+    assert missing.exit_code == 1 and "load_params" in missing.output
+    ok = runner.invoke(main, ["run", str(lib), "--params", str(tmp_path / "w.safetensors")])
+    assert ok.exit_code == 0, ok.output
+    prof = runner.invoke(main, ["run", str(lib), "--params", str(tmp_path / "w.safetensors"),
+                                "--profile"])
+    assert prof.exit_code == 1 and "graph executor" in prof.output
+
+
+def test_errors_exit_nonzero_with_a_message(tmp_path):
+    runner = CliRunner()
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    result = runner.invoke(main, ["compile", str(bad), "-o", str(tmp_path / "m.so")])
+    assert result.exit_code == 1 and "cannot read ONNX model" in result.output
+    result = runner.invoke(main, ["compile", str(EXAMPLE), "-o", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 1 and "unknown suffix" in result.output
+    result = runner.invoke(main, ["compile", str(EXAMPLE), "-i", "image-1x3", "-o", "m.so"])
+    assert result.exit_code == 2 and "NAME:DIMxDIM" in result.output
+    assert not (tmp_path / "m.onnx").exists()
