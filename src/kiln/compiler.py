@@ -86,6 +86,8 @@ def build(
 ) -> FactoryModule:
     """Compile a module (or {name: module}) for target; params binds the weights by name.
 
+    For several models, params is one dict for all, or {model name: that model's params}.
+
     executor: "graph" (Python steps through the kernels; can profile them) or "aot" (one
     generated C entry point runs the whole model in a single native call).
     """
@@ -93,9 +95,11 @@ def build(
         raise CompileError(f"unknown executor {executor!r}; choose one of {list(EXECUTORS)}")
     tgt = resolve_target(target)
     mods = mod if isinstance(mod, dict) else {"default": mod}
+    per_model = isinstance(mod, dict) and params is not None and set(params) == set(mods) \
+        and all(isinstance(v, dict) for v in params.values())
     compiled = {}
     for name, m in mods.items():
-        bound = m.bind(params)
+        bound = m.bind(params[name] if per_model else params)
         bound.name = name
         compiled[name] = compile_model(bound, tgt, executor=executor, progress=progress)
     return FactoryModule(compiled, tgt)
