@@ -99,9 +99,9 @@ def resolve_target(spec: str | dict[str, Any] | Target | None = None) -> Target:
     if unknown:
         raise CompileError(f"unknown target options {sorted(unknown)}; known: cc, mcpu, cflags")
     cc = spec.get("cc") or _default_cc()
-    host_triple = _probe(cc, ())[0]
+    cc_triple = _probe(cc, ())[0]
     mcpu = spec.get("mcpu")
-    is_x86 = host_triple.startswith(("x86_64", "i686", "i386"))
+    is_x86 = cc_triple.startswith(("x86_64", "i686", "i386"))
     if mcpu:
         arch_flags = (f"-march={mcpu}",) if is_x86 else (f"-mcpu={mcpu}",)
     elif _native_ok(cc):

@@ -81,8 +81,8 @@ def compile_kernels(kernels: Sequence[KernelSource], target: Target,
 def blob_asm(blob_path: Path) -> str:
     """Assembler stub placing the blob file in the non-loaded section .kiln."""
     path = str(blob_path).replace("\\", "\\\\").replace('"', '\\"')
-    return (f'.section .kiln,"",@progbits\n.balign 64\n.incbin "{path}"\n'
-            '.section .note.GNU-stack,"",@progbits\n')
+    return (f'.section .kiln,"",%progbits\n.balign 64\n.incbin "{path}"\n'
+            '.section .note.GNU-stack,"",%progbits\n')
 
 
 def link_shared_library(objects: dict[str, bytes], blob: bytes, target: Target, out: Path) -> None:

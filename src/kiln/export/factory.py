@@ -100,7 +100,7 @@ class FactoryModule:
         weights stay out (ship them with export_params; executors then need load_params).
         """
         out = Path(path)
-        if out.suffix == "" and (out.is_dir() or not out.exists()):
+        if out.is_dir() or (out.suffix == "" and not out.exists()):
             out.mkdir(parents=True, exist_ok=True)
             out = out / f"{self.models[0] if len(self.models) == 1 else 'models'}.so"
         elif out.suffix not in (".so", ".tar"):

@@ -26,11 +26,12 @@ class Device:
         """The thread count an executor on this device uses."""
         if self.num_threads is not None:
             return self.num_threads
-        env = os.environ.get("KILN_NUM_THREADS", "")
-        try:
-            return max(1, int(env)) if env else max(1, len(os.sched_getaffinity(0)))
-        except ValueError:
-            raise KilnError(f"KILN_NUM_THREADS={env!r} is not a positive integer") from None
+        env = os.environ.get("KILN_NUM_THREADS", "").strip()
+        if not env:
+            return max(1, len(os.sched_getaffinity(0)))
+        if not env.isdigit() or int(env) < 1:
+            raise KilnError(f"KILN_NUM_THREADS={env!r} is not a positive integer")
+        return int(env)
 
 
 def cpu(index: int = 0, *, num_threads: int | None = None) -> Device:
@@ -43,7 +44,9 @@ def cpu(index: int = 0, *, num_threads: int | None = None) -> Device:
 def device(spec: str | Device, *, num_threads: int | None = None) -> Device:
     """Parse "cpu", "cpu:0", "cuda:1" into a Device."""
     if isinstance(spec, Device):
-        return spec
+        if num_threads is None or spec.kind != "cpu":
+            return spec
+        return cpu(spec.index, num_threads=num_threads)
     kind, _, index = str(spec).partition(":")
     try:
         dev = Device(kind.strip().lower(), int(index) if index else 0)

@@ -75,14 +75,21 @@ def _map_file(path: str) -> mmap.mmap:
         raise FormatError(f"cannot read {path}: {e}") from None
 
 
-def _memfd(data: bytes, name: str) -> str:
-    """An anonymous in-memory file holding data (Linux memfd); returns a path to it."""
+def _load_from_memory(data: bytes, where: str, verify: str) -> Library:
+    """Load library bytes through an anonymous in-memory file (Linux memfd): no visible file.
+
+    The descriptor is closed once loaded: the mapping and the dynamic loader hold their own.
+    """
     if not hasattr(os, "memfd_create"):
         raise FormatError("loading a library from memory needs Linux memfd support")
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    with os.fdopen(os.dup(fd), "wb") as f:
-        f.write(data)
-    return f"/proc/self/fd/{fd}"
+    fd = os.memfd_create("kiln-library", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:  # one write may be partial for large data
+            view = view[os.write(fd, view):]
+        return _load(f"/proc/self/fd/{fd}", where, verify)
+    finally:
+        os.close(fd)
 
 
 MAX_TAR_MEMBER = 1 << 36
@@ -116,10 +123,10 @@ def load_module(source: str | os.PathLike | bytes | bytearray | memoryview, *,
     if verify not in VERIFY_MODES:
         raise KilnError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return _load(_memfd(bytes(source), "kiln-library"), "<library in memory>", verify)
+        return _load_from_memory(bytes(source), "<library in memory>", verify)
     path = os.fspath(source)
     if path.endswith(".tar") and os.path.isfile(path):
-        return _load(_memfd(_library_from_tar(path), "kiln-library"), path, verify)
+        return _load_from_memory(_library_from_tar(path), path, verify)
     return _load(path, path, verify)
 
 

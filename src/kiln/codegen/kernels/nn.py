@@ -19,7 +19,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...ops.nn import MVN_EPSILON, lrn_window
-from .registry import ALIGNED, KernelContext, broadcast_index, is_float, kernel, lit, strides
+from .registry import (
+    ALIGNED,
+    PARALLEL_TRIPS,
+    PARALLEL_WORK,
+    KernelContext,
+    broadcast_index,
+    is_float,
+    kernel,
+    lit,
+    parallel_for,
+    strides,
+)
 
 GEMM_MIN_CHANNELS = 8  # output channels per group from which conv takes the im2col kernel
 ACC_BYTES = 32 * 1024  # im2col conv: accumulator tile (output channels x positions)
@@ -158,7 +169,11 @@ def _row_kernel(ctx: KernelContext, transposed: bool) -> str:
     tiles = f"for (int64_t t0 = 0; t0 < {O[-1]}; t0 += {tile}) {{\n{_indent(row)}\n}}"
     blocks = f"for (int64_t m0 = 0; m0 < {mg}; m0 += {mb}) {{\n" \
              f"{_indent(_nest(outer, tiles))}\n}}"
-    return _nest([("n", g["N"]), ("g", g["G"])], blocks)
+    # Every loop down to the row tiles is split among the threads: all write apart.
+    work = g["N"] * g["G"] * mg * cg * k_size * (i_size if transposed else o_size)
+    trips = g["N"] * g["G"] * mg // mb * math.prod(O[:-1]) * -(-O[-1] // tile)
+    return parallel_for(work, trips, collapse=nd + 3) \
+        + _nest([("n", g["N"]), ("g", g["G"])], blocks)
 
 
 def _gemm_tiles(mg: int, r: int, positions: int, itemsize: int) -> tuple[int, int]:

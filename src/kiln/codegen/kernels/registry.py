@@ -5,12 +5,16 @@ are `in0, in1, ...` and outputs `out0, ...` (typed, restrict pointers, all shape
 A template writes each element of a single output exactly once through `ctx.store(i, v)`;
 that lets the fusion pass append an elementwise chain (the epilogue) to any such kernel.
 Templates that cannot do so register with `epilogue=False`.
+Kernels run on any thread count: templates put `parallel_for` (an OpenMP pragma) on outer
+loops whose iterations write disjoint outputs and never split a reduction, so the results
+do not depend on the thread count.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +42,42 @@ C_TYPES = {
 # small local array misaligned in the red zone, then use aligned vector moves on it (a
 # crash); an explicit alignment makes it realign the frame.
 ALIGNED = "__attribute__((aligned(64)))"
+
+
+# Kernels with less work than this stay serial. Work counts inner-loop element operations (one
+# multiply-add, or one element loaded and stored); a parallel region costs about 1-2 us,
+# which is the time a core needs for this much work.
+PARALLEL_WORK = 1 << 15
+# Work of one call to a math function (tanhf, erf...) in an element's expression.
+CALL_WORK = 32
+# Iterations a parallel loop should have, where a kernel can split its work at little cost,
+# so that the threads of any core count get a share.
+PARALLEL_TRIPS = 16
+_CALL = re.compile(r"\b[A-Za-z_]\w*\s*\(")
+
+
+def parallel_for(work: int, trips: int, *, collapse: int = 1) -> str:
+    """An OpenMP pragma line parallelizing the loop nest that follows (its `collapse` outer
+    loops run `trips` iterations in all, each independent), or "" for a kernel with too little
+    work: whether to fork is a compile-time choice, the thread count a run-time one."""
+    if work < PARALLEL_WORK or trips < 2:
+        return ""
+    clause = f" collapse({collapse})" if collapse > 1 else ""
+    return f"#pragma omp parallel for schedule(static){clause}\n"
+
+
+def parallel_nest(work: int, dims: Sequence[int]) -> str:
+    """parallel_for over the outer loops of a perfect nest of loops over dims: as few as give
+    PARALLEL_TRIPS iterations, the innermost loop (which vectorizes) kept whole."""
+    depth = 1
+    while depth < len(dims) - 1 and math.prod(dims[:depth]) < PARALLEL_TRIPS:
+        depth += 1
+    return parallel_for(work, math.prod(dims[:depth]), collapse=depth) if dims else ""
+
+
+def expression_work(expr: str) -> int:
+    """Work per element of C code: 1, plus CALL_WORK per function call in it."""
+    return 1 + CALL_WORK * len(_CALL.findall(expr))
 
 
 def ctype(dtype: str) -> str:
@@ -199,7 +239,8 @@ def _elementwise_template(op: str) -> TemplateFn:
             [t.dtype for t in ctx.in_types], out.dtype,
         )
         body = "\n    ".join(loads + [ctx.store("i", expr)])
-        return f"for (int64_t i = 0; i < {out.numel}; ++i) {{\n    {body}\n}}"
+        return (parallel_for(out.numel * expression_work(expr), out.numel)
+                + f"for (int64_t i = 0; i < {out.numel}; ++i) {{\n    {body}\n}}")
 
     return template
 
