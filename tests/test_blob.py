@@ -84,4 +84,4 @@ def test_random_and_header_mutated_elf_raise_format_error_only(junk, pos, value)
 
 
 def test_header_size_constant_matches_layout():
-    assert HEADER_SIZE == 160
+    assert HEADER_SIZE == 256

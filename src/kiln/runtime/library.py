@@ -1,8 +1,9 @@
 """load_module: open a kiln library, check everything, then map its code and weights.
 
-Order matters: the ELF section table, blob header, manifest, digests and machine
-compatibility are all checked on the mapped file BEFORE the dynamic loader sees it, so a
-damaged or foreign file is refused with a FormatError instead of crashing the process.
+Order matters: the ELF section table, blob header, signature (when keys are given),
+digests, format version, architecture and CPU features are all checked on the mapped file
+BEFORE the dynamic loader sees it, so a damaged, tampered or foreign file is refused with a
+kiln error instead of running its code or crashing the process.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import ctypes
 import mmap
 import os
 import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +24,21 @@ from .device import Device, device
 from .elf import read_elf
 
 SECTION = ".kiln"
+VERIFY_MODES = ("full", "header")
+MAX_TAR_MEMBER = 1 << 36
+MAX_UNPACKED = 1 << 36
 
 
 class Library:
     """A loaded kiln library: its manifest, weights (mapped in place) and native kernels."""
 
-    def __init__(self, path: str, mapped: mmap.mmap, blob: Blob, native: ctypes.CDLL) -> None:
+    def __init__(self, path: str, checked: CheckedFile, native: ctypes.CDLL) -> None:
         self.path = path
-        self._mapped = mapped
-        self.blob = blob
+        self._mapped = checked.mapped
+        self.blob = checked.blob
+        self.signer_id = checked.signer_id
+        self.file_size = checked.file_size
+        self.packed_size = checked.packed_size
         self.native = native
 
     @property
@@ -57,8 +66,34 @@ class Library:
 
         return create
 
+    def selftest(self, **kwargs: Any) -> list[dict[str, Any]]:
+        """Run the test vectors embedded at export; see kiln.runtime.selftest."""
+        from .selftest import run_selftest
+
+        return run_selftest(self, **kwargs)
+
     def __repr__(self) -> str:
         return f"<kiln.Library {self.path} models={self.models}>"
+
+
+@dataclass
+class CheckedFile:
+    """A library file mapped and fully checked, its native code not yet loaded."""
+
+    path: str  # what the dynamic loader opens
+    mapped: mmap.mmap
+    blob: Blob
+    machine: str
+    signer_id: str | None  # the trusted key that signed it, when keys were given
+    file_size: int
+    packed_size: int | None = None  # size of the .zst it came from
+    fd: int | None = None  # the memfd holding an unpacked or in-memory library
+
+    def release(self) -> None:
+        """Close the memfd, if any (the mapping and a loaded library keep their own refs)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def _map_file(path: str) -> mmap.mmap:
@@ -75,24 +110,40 @@ def _map_file(path: str) -> mmap.mmap:
         raise FormatError(f"cannot read {path}: {e}") from None
 
 
-def _load_from_memory(data: bytes, where: str, verify: str) -> Library:
-    """Load library bytes through an anonymous in-memory file (Linux memfd): no visible file.
+def _check(path: str, where: str, verify: str, trusted_keys: list | None) -> CheckedFile:
+    if verify not in VERIFY_MODES:
+        raise KilnError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
+    mapped = _map_file(path)
+    view = memoryview(mapped)
+    elf = read_elf(view, where)
+    section = elf.sections.get(SECTION)
+    if section is None:
+        raise FormatError(f"{where} is a shared library but not a kiln library "
+                          f"(no {SECTION} section)")
+    region = view[section.offset:section.offset + section.size]
+    blob = read_blob(region, where, verify_weights=False)
+    signer_id = None
+    if trusted_keys is not None:
+        from .signing import check_signature
 
-    The descriptor is closed once loaded: the mapping and the dynamic loader hold their own.
-    """
+        signer_id = check_signature(blob.header, blob.signer, blob.signature, trusted_keys, where)
+    if code_digest(view, section.offset, section.size) != blob.code_digest:
+        raise FormatError(f"{where}: native code digest mismatch: the file is damaged")
+    if verify == "full" or trusted_keys is not None:
+        blob.verify_weights(where)
+    check_compatible(blob.manifest.get("target"), elf.machine, where)
+    return CheckedFile(path, mapped, blob, elf.machine, signer_id, len(mapped))
+
+
+def _memfd(data: bytes) -> int:
+    """An anonymous in-memory file (Linux memfd) holding data; returns its descriptor."""
     if not hasattr(os, "memfd_create"):
         raise FormatError("loading a library from memory needs Linux memfd support")
     fd = os.memfd_create("kiln-library", os.MFD_CLOEXEC)
-    try:
-        view = memoryview(data)
-        while view:  # one write may be partial for large data
-            view = view[os.write(fd, view):]
-        return _load(f"/proc/self/fd/{fd}", where, verify)
-    finally:
-        os.close(fd)
-
-
-MAX_TAR_MEMBER = 1 << 36
+    view = memoryview(data)
+    while view:  # one write may be partial for large data
+        view = view[os.write(fd, view):]
+    return fd
 
 
 def _library_from_tar(path: str) -> bytes:
@@ -109,42 +160,76 @@ def _library_from_tar(path: str) -> bytes:
         raise FormatError(f"{path} is not a readable kiln .tar export: {e}") from None
 
 
-VERIFY_MODES = ("full", "header")
+def _unpack_zst(path: str) -> bytes:
+    """Decompress a .zst library, refusing frames that claim or grow past a sane size."""
+    import zstandard
+
+    try:
+        with open(path, "rb") as f:
+            packed = f.read()
+    except OSError as e:
+        raise FormatError(f"cannot read {path}: {e}") from None
+    try:
+        params = zstandard.get_frame_parameters(packed)
+        if params.content_size in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR) \
+                or params.content_size > MAX_UNPACKED:
+            raise FormatError(f"{path}: zstd frame has no sane content size")
+        data = zstandard.ZstdDecompressor().decompress(packed, max_output_size=MAX_UNPACKED)
+    except zstandard.ZstdError as e:
+        raise FormatError(f"{path} is not a valid zstd-compressed library: {e}") from None
+    if len(data) != params.content_size:
+        raise FormatError(f"{path}: decompressed to {len(data)} bytes, frame claims "
+                          f"{params.content_size}")
+    return data
+
+
+def _source_bytes(path: str) -> tuple[bytes | None, int | None]:
+    """(library bytes, packed size) for sources that are not a plain .so file."""
+    if path.endswith(".tar") and os.path.isfile(path):
+        return _library_from_tar(path), None
+    if path.endswith(".zst") and os.path.isfile(path):
+        return _unpack_zst(path), os.path.getsize(path)
+    return None, None
+
+
+def inspect_file(source: str | os.PathLike | bytes, *, verify: str = "full",
+                 trusted_keys: Iterable[Any] | None = None) -> CheckedFile:
+    """Map and check a library (any accepted form) without loading its native code."""
+    keys = list(trusted_keys) if trusted_keys is not None else None
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data, where, packed = bytes(source), "<library in memory>", None
+    else:
+        where = os.fspath(source)
+        data, packed = _source_bytes(where)
+    if data is None:
+        return _check(where, where, verify, keys)
+    fd = _memfd(data)
+    try:
+        checked = _check(f"/proc/self/fd/{fd}", where, verify, keys)
+    except BaseException:
+        os.close(fd)
+        raise
+    checked.packed_size, checked.fd = packed, fd
+    return checked
 
 
 def load_module(source: str | os.PathLike | bytes | bytearray | memoryview, *,
-                verify: str = "full") -> Library:
-    """Load a kiln library: a .so path, a .tar export, or the library's bytes (no file made).
+                verify: str = "full", trusted_keys: Iterable[Any] | None = None) -> Library:
+    """Load a kiln library: a .so path, a .tar or .so.zst export, or the library's bytes.
 
-    The header, manifest and native code are always checked against their digests before
-    the dynamic loader sees the code; verify="full" (default) also hashes the weights,
-    verify="header" skips that for the fastest load of large libraries.
+    Everything is checked before the dynamic loader sees the code. verify="full" (default)
+    hashes the weights too; verify="header" skips that for the fastest load. trusted_keys
+    (Ed25519 public keys or PEM paths) demands a valid signature by one of them and always
+    checks everything.
     """
-    if verify not in VERIFY_MODES:
-        raise KilnError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return _load_from_memory(bytes(source), "<library in memory>", verify)
-    path = os.fspath(source)
-    if path.endswith(".tar") and os.path.isfile(path):
-        return _load_from_memory(_library_from_tar(path), path, verify)
-    return _load(path, path, verify)
-
-
-def _load(path: str, where: str, verify: str) -> Library:
-    mapped = _map_file(path)
-    view = memoryview(mapped)
-    elf = read_elf(view, where)
-    section = elf.sections.get(SECTION)
-    if section is None:
-        raise FormatError(f"{where} is a shared library but not a kiln library "
-                          f"(no {SECTION} section)")
-    blob = read_blob(view[section.offset:section.offset + section.size], where,
-                     verify_weights=verify == "full")
-    if code_digest(view, section.offset, section.size) != blob.code_digest:
-        raise FormatError(f"{where}: native code digest mismatch: the file is damaged")
-    check_compatible(blob.manifest.get("target"), elf.machine, where)
+    checked = inspect_file(source, verify=verify, trusted_keys=trusted_keys)
+    where = "<library in memory>" if isinstance(source, (bytes, bytearray, memoryview)) \
+        else os.fspath(source)
     try:
-        native = ctypes.CDLL(path if path.startswith("/proc/") else str(Path(path).absolute()))
+        target = checked.path if checked.fd is not None else str(Path(checked.path).absolute())
+        native = ctypes.CDLL(target)
     except OSError as e:
         raise FormatError(f"{where}: the dynamic loader refused the library: {e}") from None
-    return Library(where, mapped, blob, native)
+    finally:
+        checked.release()
+    return Library(where, checked, native)

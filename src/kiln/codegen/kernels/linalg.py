@@ -2,7 +2,9 @@
 
 matmul and gemm share one renderer: for each batch and each block of NB output columns,
 MR output rows accumulate in a local array with the k loop outside the contiguous j loop
-(so gcc vectorizes j), then each element is stored once, through the epilogue.
+(so gcc vectorizes j), then each element is stored once, through the epilogue. Threads
+split the (batch, column block, row block) iterations; cumsum and trilu split independent
+columns and rows.
 """
 
 from __future__ import annotations
@@ -12,11 +14,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ...ops.linalg import gemm_dims, matmul_dims
-from .registry import KernelContext, broadcast_index, is_float, kernel, lit
+from .registry import (
+    PARALLEL_TRIPS,
+    KernelContext,
+    broadcast_index,
+    is_float,
+    kernel,
+    lit,
+    parallel_for,
+    worth_threads,
+)
 
 MR = 8  # output rows per block
 PANEL_BYTES = 256 * 1024  # the k x NB panel of B a column block reuses across row blocks
 NB_MAX = 256  # widest column block (the accumulator is MR x NB elements)
+NB_MIN_SPLIT = 128  # narrowest column block made to give threads more blocks
 
 
 def _acc_type(dtype: str, c_type: str) -> str:
@@ -39,55 +51,65 @@ class _Product:
 
 
 def _column_block(p: _Product, itemsize: int) -> int:
-    """Block width: the B panel (k x NB) fits in L2, at least 16 wide, at most NB_MAX."""
-    width = PANEL_BYTES // (itemsize * max(p.k, 1))
-    width = max(16, min(NB_MAX, width - width % 16))
-    return min(width, p.n)
+    """Block width: the B panel (k x NB) fits in L2, at most NB_MAX; the blocks as even as
+    multiples of 16 allow (threads get equal shares), and more of them (down to NB_MIN_SPLIT
+    wide) while a product worth threads has fewer than PARALLEL_TRIPS blocks."""
+    width = max(16, min(NB_MAX, PANEL_BYTES // (itemsize * max(p.k, 1))))
+    blocks = -(-p.n // width)
+    row_blocks = p.batch * -(-p.m // min(MR, p.m))
+    while (worth_threads(p.batch * p.m * p.n * p.k, 2) and row_blocks * blocks < PARALLEL_TRIPS
+           and p.n >= 2 * blocks * NB_MIN_SPLIT):
+        blocks *= 2
+    even = -(-p.n // blocks)
+    return min(p.n, even + -even % 16)
 
 
 def _block(ctx: KernelContext, p: _Product, nb: int, value: Callable[[str], str]) -> str:
-    """C for the output columns j0 .. j0 + nb of one batch, MR rows at a time."""
+    """C for the output rows i0 .. i0 + MR, columns j0 .. j0 + nb of batch b."""
     acc = _acc_type(ctx.in_types[0].dtype, ctx.t(0))
     a_elem = f"pa[k * {p.m} + i0 + r]" if p.trans_a else f"pa[(i0 + r) * {p.k} + k]"
     b_elem = f"pb[(j0 + j) * {p.k} + k]" if p.trans_b else f"pb[k * {p.n} + j0 + j]"
     rows = min(MR, p.m)
     store = ctx.store("o", value("acc[r][j]"))
-    return f"""for (int64_t i0 = 0; i0 < {p.m}; i0 += {rows}) {{
-    const int64_t mr = {p.m} - i0 < {rows} ? {p.m} - i0 : {rows};
-    {acc} acc[{rows}][{nb}];
-    for (int64_t r = 0; r < {rows}; ++r)
-        for (int64_t j = 0; j < {nb}; ++j) acc[r][j] = 0;
-    for (int64_t k = 0; k < {p.k}; ++k) {{
-        for (int64_t r = 0; r < mr; ++r) {{
-            const {acc} av = ({acc}){a_elem};
-            for (int64_t j = 0; j < {nb}; ++j) acc[r][j] += av * ({acc}){b_elem};
-        }}
-    }}
+    return f"""{acc} acc[{rows}][{nb}];
+for (int64_t r = 0; r < {rows}; ++r)
+    for (int64_t j = 0; j < {nb}; ++j) acc[r][j] = 0;
+for (int64_t k = 0; k < {p.k}; ++k) {{
     for (int64_t r = 0; r < mr; ++r) {{
-        for (int64_t j = 0; j < {nb}; ++j) {{
-            const int64_t o = ob + (i0 + r) * {p.n} + j0 + j;
-            {store}
-        }}
+        const {acc} av = ({acc}){a_elem};
+        for (int64_t j = 0; j < {nb}; ++j) acc[r][j] += av * ({acc}){b_elem};
+    }}
+}}
+for (int64_t r = 0; r < mr; ++r) {{
+    for (int64_t j = 0; j < {nb}; ++j) {{
+        const int64_t o = ob + (i0 + r) * {p.n} + j0 + j;
+        {store}
     }}
 }}"""
 
 
 def _render_product(ctx: KernelContext, p: _Product, value: Callable[[str], str]) -> str:
-    """The kernel body of a batched product; value maps the accumulator to the stored value."""
+    """The kernel body of a batched product; value maps the accumulator to the stored value.
+
+    The (batch, column block, row block) iterations write apart: threads split all three.
+    """
     if p.batch * p.m * p.n == 0:
         return "/* empty output */"
     nb = _column_block(p, ctx.in_types[0].itemsize)
-    full, tail = p.n - p.n % nb, p.n % nb
-    body = [f"const {ctx.t(0)}* restrict pa = {ctx.ins[0]} + {p.a_offset};",
-            f"const {ctx.t(1)}* restrict pb = {ctx.ins[1]} + {p.b_offset};",
-            f"const int64_t ob = b * {p.m * p.n};",
-            f"for (int64_t j0 = 0; j0 < {full}; j0 += {nb}) {{\n"
-            f"{_indent(_block(ctx, p, nb, value))}\n}}"]
+    full, tail, rows = p.n - p.n % nb, p.n % nb, min(MR, p.m)
+    block = _block(ctx, p, nb, value)
     if tail:
-        body.append(f"{{\n    const int64_t j0 = {full};\n"
-                    f"{_indent(_block(ctx, p, tail, value))}\n}}")
-    loop_body = _indent("\n".join(body))
-    return f"for (int64_t b = 0; b < {p.batch}; ++b) {{\n{loop_body}\n}}"
+        block = (f"if (j0 < {full}) {{\n{_indent(block)}\n}} else {{\n"
+                 f"{_indent(_block(ctx, p, tail, value))}\n}}")
+    body = "\n".join([f"const {ctx.t(0)}* restrict pa = {ctx.ins[0]} + {p.a_offset};",
+                      f"const {ctx.t(1)}* restrict pb = {ctx.ins[1]} + {p.b_offset};",
+                      f"const int64_t ob = b * {p.m * p.n};",
+                      f"const int64_t mr = {p.m} - i0 < {rows} ? {p.m} - i0 : {rows};", block])
+    trips = p.batch * -(-p.n // nb) * -(-p.m // rows)
+    return (parallel_for(p.batch * p.m * p.n * p.k, trips, collapse=3)
+            + f"for (int64_t b = 0; b < {p.batch}; ++b)\n"
+            f"for (int64_t j0 = 0; j0 < {p.n}; j0 += {nb})\n"
+            f"for (int64_t i0 = 0; i0 < {p.m}; i0 += {rows}) {{\n{_indent(body)}\n}}")
 
 
 def _indent(text: str) -> str:
@@ -147,7 +169,8 @@ def _cumsum(ctx: KernelContext) -> str:
     store = ctx.store("i", _narrow(ctx, "acc[c]"))
     add = "acc[c] += v;"
     update = f"{store}\n{' ' * 16}{add}" if ctx.attrs["exclusive"] else f"{add}\n{' ' * 16}{store}"
-    return f"""for (int64_t q = 0; q < {outer}; ++q) {{
+    return parallel_for(x.numel, outer * -(-inner // cb), collapse=2) + f"""\
+for (int64_t q = 0; q < {outer}; ++q) {{
     for (int64_t c0 = 0; c0 < {inner}; c0 += {cb}) {{
         const int64_t cn = {inner} - c0 < {cb} ? {inner} - c0 : {cb};
         {acc} acc[{cb}];
@@ -175,7 +198,8 @@ def _trilu(ctx: KernelContext) -> str:
     edge = f"i + {k}" if ctx.attrs["upper"] else f"i + {k + 1}"
     zero = lit(0, x.dtype)
     below, above = (zero, "src[j]") if ctx.attrs["upper"] else ("src[j]", zero)
-    return f"""for (int64_t m = 0; m < {x.numel // (rows * cols)}; ++m) {{
+    return parallel_for(x.numel, x.numel // cols, collapse=2) + f"""\
+for (int64_t m = 0; m < {x.numel // (rows * cols)}; ++m) {{
     for (int64_t i = 0; i < {rows}; ++i) {{
         const int64_t row = (m * {rows} + i) * {cols};
         const {ctx.t(0)}* restrict src = {ctx.ins[0]} + row;

@@ -2,14 +2,29 @@
 
 Most are one nest of loops over the output (counters i0, i1, ...) reading the input at
 per-axis source coordinates; all sizes are baked in. Indices read from data are wrapped and
-clamped into range before use, so no kernel reads out of bounds.
+clamped into range before use, so no kernel reads out of bounds. Threads split the outer
+loops of large kernels.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .registry import KernelContext, is_float, kernel, lit, strides
+from .registry import (
+    SERIAL_WORK,
+    KernelContext,
+    expression_work,
+    is_float,
+    kernel,
+    lit,
+    parallel_for,
+    parallel_nest,
+    strides,
+    worth_threads,
+)
+
+# concat / split: elements of a row that one thread copies at a time.
+COPY_CHUNK = 4096
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -27,19 +42,24 @@ def _flat(coords: list[str], shape: tuple[int, ...]) -> str:
     return " + ".join(terms) or "0"
 
 
-def _nest(shape: tuple[int, ...], body: str) -> str:
-    """body inside loops i0..i{r-1} over shape (just body for a scalar)."""
+def _nest(shape: tuple[int, ...], body: str, work: int = 1) -> str:
+    """body inside loops i0..i{r-1} over shape (just body for a scalar), the outer loops
+    split among threads when the nest is large (`work` per element)."""
     for d in range(len(shape) - 1, -1, -1):
         body = body.replace("\n", "\n    ")
         body = f"for (int64_t i{d} = 0; i{d} < {shape[d]}; ++i{d}) {{\n    {body}\n}}"
-    return body
+    return parallel_nest(work * _numel(shape), shape) + body
 
 
 def _copy(ctx: KernelContext, coords: list[str]) -> str:
     """Each output element gets in0 at source coordinates coords (expressions of i0, ...)."""
     out = ctx.out_types[0].shape
     src = f"{ctx.ins[0]}[{_flat(coords, ctx.in_types[0].shape)}]"
-    return _nest(out, ctx.store(_flat(_counters(len(out)), out), src))
+    # A copy whose innermost loop does not read consecutive elements does not vectorize.
+    inner = f"i{len(out) - 1}"
+    unit_stride = not coords or coords[-1].split(" + ")[-1] == inner
+    return _nest(out, ctx.store(_flat(_counters(len(out)), out), src),
+                 1 if unit_stride else SERIAL_WORK)
 
 
 def _index(name: str, expr: str, n: int) -> str:
@@ -82,36 +102,50 @@ def _tile(ctx: KernelContext) -> str:
     return _copy(ctx, coords)
 
 
+def _row_copies(outer: int, rows: list[tuple[int, str]]) -> str:
+    """concat / split: for each (row, statement), the statement copies element j < row of
+    slice o < outer. Threads split each copy's (o, chunk) iterations, in one parallel region
+    (nowait: the copies write apart)."""
+    loops = []
+    for row, statement in rows:
+        chunk = min(row, COPY_CHUNK)
+        loops.append(f"for (int64_t o = 0; o < {outer}; ++o)\n"
+                     f"for (int64_t j0 = 0; j0 < {row}; j0 += {chunk}) {{\n"
+                     f"    const int64_t j1 = j0 + {chunk} < {row} ? j0 + {chunk} : {row};\n"
+                     f"    for (int64_t j = j0; j < j1; ++j) {statement}\n}}")
+    trips = sum(outer * -(-row // COPY_CHUNK) for row, _ in rows)
+    if not worth_threads(outer * sum(row for row, _ in rows), trips):
+        return "\n".join(loops)
+    split = "#pragma omp for schedule(static) collapse(2) nowait\n"
+    return "#pragma omp parallel\n{\n" + "\n".join(split + loop for loop in loops) + "\n}"
+
+
 @kernel("concat")
 def _concat(ctx: KernelContext) -> str:
     axis, out = ctx.attrs["axis"], ctx.out_types[0].shape
     inner = _numel(out[axis + 1:])
-    lines, offset = [], 0
+    rows, offset = [], 0
     for name, t in zip(ctx.ins, ctx.in_types, strict=True):
         row = t.shape[axis] * inner
         if row:
             dst = f"o * {out[axis] * inner} + {offset} + j"
-            lines.append(f"for (int64_t j = 0; j < {row}; ++j) "
-                         f"{ctx.store(dst, f'{name}[o * {row} + j]')}")
+            rows.append((row, ctx.store(dst, f"{name}[o * {row} + j]")))
         offset += row
-    body = "\n    ".join(lines)
-    return f"for (int64_t o = 0; o < {_numel(out[:axis])}; ++o) {{\n    {body}\n}}"
+    return _row_copies(_numel(out[:axis]), rows)
 
 
 @kernel("split", epilogue=False)
 def _split(ctx: KernelContext) -> str:
     axis, shape = ctx.attrs["axis"], ctx.in_types[0].shape
     inner = _numel(shape[axis + 1:])
-    lines, offset = [], 0
+    rows, offset = [], 0
     for k, size in enumerate(ctx.attrs["sizes"]):
         row = size * inner
         if row:
             src = f"{ctx.ins[0]}[o * {shape[axis] * inner} + {offset} + j]"
-            lines.append(f"for (int64_t j = 0; j < {row}; ++j) "
-                         f"{ctx.store(f'o * {row} + j', src, out=k)}")
+            rows.append((row, ctx.store(f"o * {row} + j", src, out=k)))
         offset += row
-    body = "\n    ".join(lines)
-    return f"for (int64_t o = 0; o < {_numel(shape[:axis])}; ++o) {{\n    {body}\n}}"
+    return _row_copies(_numel(shape[:axis]), rows)
 
 
 @kernel("gather")
@@ -120,8 +154,10 @@ def _gather(ctx: KernelContext) -> str:
     n, count, inner = shape[axis], ctx.in_types[1].numel, _numel(shape[axis + 1:])
     src = f"{ctx.ins[0]}[(o * {n} + q) * {inner} + k]"
     store = ctx.store(f"(o * {count} + j) * {inner} + k", src)
+    outer = _numel(shape[:axis])
     return (
-        f"for (int64_t o = 0; o < {_numel(shape[:axis])}; ++o) {{\n"
+        parallel_for(outer * count * inner, outer * count, collapse=2)
+        + f"for (int64_t o = 0; o < {outer}; ++o) {{\n"
         f"    for (int64_t j = 0; j < {count}; ++j) {{\n"
         f"        {_index('q', f'{ctx.ins[1]}[j]', n)}\n"
         f"        for (int64_t k = 0; k < {inner}; ++k) {store}\n"
@@ -137,7 +173,7 @@ def _gather_elements(ctx: KernelContext) -> str:
     src = _flat(["q" if d == axis else c for d, c in enumerate(i)], data)
     body = (f"{_index('q', f'{ctx.ins[1]}[{flat}]', data[axis])}\n"
             f"{ctx.store(flat, f'{ctx.ins[0]}[{src}]')}")
-    return _nest(out, body)
+    return _nest(out, body, SERIAL_WORK)
 
 
 @kernel("gather_nd")
@@ -195,7 +231,7 @@ def _pad(ctx: KernelContext) -> str:
         fill = lit(ctx.attrs["value"], ctx.out_types[0].dtype)
         value = f"({' && '.join(guards)}) ? {value} : {fill}"
     lines.append(ctx.store(_flat(_counters(rank), out), value))
-    return _nest(out, "\n".join(lines))
+    return _nest(out, "\n".join(lines), expression_work("\n".join(lines)))
 
 
 @kernel("one_hot")

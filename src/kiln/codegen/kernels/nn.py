@@ -8,6 +8,8 @@ compiling, so that gcc -O2 vectorizes it. conv picks one of three kernels:
   in a local accumulator, each kernel tap over the row range it reaches.
 Pools also read a padded local copy of the plane (or check bounds for planes too large for
 the stack); normalizations take two passes over each group (mean, variance), then store.
+Threads split the outer loops (batch, channels, output rows or tiles), never a reduction;
+local arrays are declared inside the split loops, so each thread has its own.
 """
 
 from __future__ import annotations
@@ -21,19 +23,21 @@ import numpy as np
 from ...ops.nn import MVN_EPSILON, lrn_window
 from .registry import (
     ALIGNED,
-    PARALLEL_TRIPS,
-    PARALLEL_WORK,
+    SERIAL_WORK,
     KernelContext,
     broadcast_index,
+    expression_work,
     is_float,
     kernel,
     lit,
     parallel_for,
     strides,
+    worth_threads,
 )
 
 GEMM_MIN_CHANNELS = 8  # output channels per group from which conv takes the im2col kernel
 ACC_BYTES = 32 * 1024  # im2col conv: accumulator tile (output channels x positions)
+PART_MIN_CHANNELS = 8  # im2col conv: fewest output channels of a part of a group (threads)
 COL_BYTES = 16 * 1024  # im2col conv: input tile (reduction rows x positions)
 ROW_TILE = 256  # row kernel: output elements of one row kept in the accumulator at a time
 CHANNEL_BLOCKS = (4, 2, 1)  # row kernel: output channels computed together (first divisor)
@@ -177,19 +181,44 @@ def _row_kernel(ctx: KernelContext, transposed: bool) -> str:
 
 
 def _gemm_tiles(mg: int, r: int, positions: int, itemsize: int) -> tuple[int, int]:
-    """(P, RC): output positions per tile and reduction rows per im2col chunk."""
-    p = ACC_BYTES // (mg * itemsize)
-    p = max(8, min(256, p - p % 8, -(-positions // 8) * 8))
+    """(P, RC): output positions per tile and reduction rows per im2col chunk. The accumulator
+    (channels x P) fits ACC_BYTES; tiles are as even as multiples of 8 allow."""
+    p = max(8, min(256, ACC_BYTES // (mg * itemsize) // 8 * 8))
+    p = -(-positions // -(-positions // p))
+    p += -p % 8
     rc = COL_BYTES // (p * itemsize)
     return p, max(1, min(r, rc - rc % 4))
+
+
+def _tile_loops(x: tuple[int, ...], group: int, positions: int, tile: int, body: str,
+                work: int, mg: int) -> str:
+    """im2col conv: loops over (image, group, position tile) around body, which computes the
+    output channels m0 .. m0 + mn of a tile; threads split them. With fewer tiles than threads,
+    each tile's channels are cut in as many parts as the run-time thread count asks for (each
+    part fills the im2col tile on its own), so one thread still runs whole groups."""
+    tiles = x[0] * group * -(-positions // tile)
+    loops = (f"for (int64_t n = 0; n < {x[0]}; ++n)\nfor (int64_t g = 0; g < {group}; ++g)\n"
+             f"for (int64_t p0 = 0; p0 < {positions}; p0 += {tile})")
+    max_parts = mg // PART_MIN_CHANNELS
+    if max_parts < 2 or not worth_threads(work, 2):
+        return (parallel_for(work, tiles, collapse=3)
+                + f"{loops} {{\nconst int64_t m0 = 0, mn = {mg};\n{_indent(body)}\n}}")
+    part = ("for (int64_t part = 0; part < parts; ++part) {\n"
+            f"    const int64_t m0 = part * {mg} / parts, mn = (part + 1) * {mg} / parts - m0;\n"
+            f"{_indent(body)}\n}}")
+    return ("#pragma omp parallel\n{\nextern int omp_get_num_threads(void);\n"
+            f"const int64_t want = (omp_get_num_threads() + {tiles - 1}) / {tiles};\n"
+            f"const int64_t parts = want < {max_parts} ? want : {max_parts};\n"
+            f"#pragma omp for schedule(static) collapse(4)\n{loops}\n{part}\n}}")
 
 
 def _im2col_conv(ctx: KernelContext) -> str:
     """conv as tiles of a matrix product: out[m, p] += w[m, r] * col[r, p] (col = im2col).
 
     For each tile of P flat output positions and each chunk of RC rows r = (c, kernel tap),
-    col holds the input values (0 in the padding); every output channel of the group then
-    takes the chunk with r unrolled by 4 and a fixed-length p loop, which gcc vectorizes.
+    col holds the input values (0 in the padding); every output channel of the group (or of
+    its part, see _tile_loops) then takes the chunk with r unrolled by 4 and a fixed-length
+    p loop, which gcc vectorizes.
     """
     x, w, y = ctx.in_types[0].shape, ctx.in_types[1].shape, ctx.out_types[0].shape
     a, t = ctx.attrs, ctx.t(0)
@@ -198,6 +227,7 @@ def _im2col_conv(ctx: KernelContext) -> str:
     cg, mg = x[1] // group, y[1] // group
     k_size, positions = math.prod(K), math.prod(O)
     r_size = cg * k_size
+    work = x[0] * y[1] * positions * r_size
     tile, chunk = _gemm_tiles(mg, r_size, positions, ctx.in_types[0].itemsize)
     o_st, k_st = strides(O), strides(K)
 
@@ -217,8 +247,8 @@ def _im2col_conv(ctx: KernelContext) -> str:
         + _for("p", tile, f"{coords}\ncol[rr][p] = ({inside}) ? "
                           f"xc[{_flat([f'i{j}' for j in range(nd)], I)}] : 0;")))
     sum4 = " + ".join(f"w{q} * col[rr + {q}][p]" for q in range(4))
-    product = _for("m", mg, (
-        f"const {t}* restrict wm = {ctx.ins[1]} + (g * {mg} + m) * {r_size} + r0;\n"
+    product = _for("m", "mn", (
+        f"const {t}* restrict wm = {ctx.ins[1]} + (g * {mg} + m0 + m) * {r_size} + r0;\n"
         "int64_t rr = 0;\n"
         "for (; rr + 4 <= rn; rr += 4) {\n"
         + _indent("".join(f"const {t} w{q} = wm[rr + {q}];\n" for q in range(4))
@@ -226,17 +256,17 @@ def _im2col_conv(ctx: KernelContext) -> str:
         "for (; rr < rn; ++rr) {\n"
         + _indent(f"const {t} w0 = wm[rr];\n" + _for("p", tile, "acc[m][p] += w0 * col[rr][p];"))
         + "\n}"))
-    bias = f"{ctx.ins[2]}[g * {mg} + m]" if len(ctx.ins) == 3 else lit(0, ctx.in_types[0].dtype)
-    store = ctx.store(f"(n * {y[1]} + g * {mg} + m) * {positions} + p0 + p", "acc[m][p]")
+    bias = f"{ctx.ins[2]}[g * {mg} + m0 + m]" if len(ctx.ins) == 3 \
+        else lit(0, ctx.in_types[0].dtype)
+    store = ctx.store(f"(n * {y[1]} + g * {mg} + m0 + m) * {positions} + p0 + p", "acc[m][p]")
     body = (f"const int64_t pn = {positions} - p0 < {tile} ? {positions} - p0 : {tile};\n"
             f"{windows}\n{t} acc[{mg}][{tile}] {ALIGNED};\n"
-            + _nest([("m", mg), ("p", tile)], f"acc[m][p] = {bias};") + "\n"
+            + _nest([("m", "mn"), ("p", tile)], f"acc[m][p] = {bias};") + "\n"
             f"for (int64_t r0 = 0; r0 < {r_size}; r0 += {chunk}) {{\n"
             + _indent(f"const int64_t rn = {r_size} - r0 < {chunk} ? {r_size} - r0 : {chunk};\n"
                       f"{t} col[{chunk}][{tile}] {ALIGNED};\n{fill}\n{product}") + "\n}\n"
-            + _for("m", mg, _for("p", "pn", store)))
-    tiles = f"for (int64_t p0 = 0; p0 < {positions}; p0 += {tile}) {{\n{_indent(body)}\n}}"
-    return _nest([("n", x[0]), ("g", group)], tiles)
+            + _for("m", "mn", _for("p", "pn", store)))
+    return _tile_loops(x, group, positions, tile, body, work, mg)
 
 
 @dataclass(frozen=True)
@@ -334,7 +364,9 @@ def _depthwise_conv(ctx: KernelContext, plane: _Plane) -> str:
                + _for("m", mg, f"const {t}* restrict wc = {ctx.ins[1]} + (g * {mg} + m) * "
                                f"{math.prod(w[2:])};\n"
                       + plane.rows(ctx, w[2:], bias, tap, store)))
-    return plane.declare(t) + "\n" + _nest([("n", x[0]), ("g", group)], channel)
+    work = y[0] * y[1] * math.prod(y[2:]) * math.prod(w[2:])
+    return parallel_for(work, x[0] * group, collapse=2) \
+        + _nest([("n", x[0]), ("g", group)], plane.declare(t) + "\n" + channel)
 
 
 @kernel("conv")
@@ -386,9 +418,11 @@ def _pool(ctx: KernelContext, init: str, visit: str, result: str, *,
     loops = [(f"o{j}", n) for j, n in enumerate(out)]
     window = _window_loops(ctx, visit, include_pad=include_pad)
     store = ctx.store(f"nc * {math.prod(out)} + {_flat([v for v, _ in loops], out)}", result)
-    body = _nest(loops, f"{init}\n{window}\n{store}")
     plane = f"const {ctx.t(0)}* restrict xc = {ctx.ins[0]} + nc * {math.prod(x[2:])};\n"
-    return _for("nc", x[0] * x[1], plane + body)
+    body = plane + _nest(loops[1:], f"{init}\n{window}\n{store}")
+    work = SERIAL_WORK * math.prod(y) * math.prod(ctx.attrs["kernel_shape"])
+    return parallel_for(work, x[0] * x[1] * out[0], collapse=2) \
+        + _nest([("nc", x[0] * x[1]), loops[0]], body)
 
 
 def _max_of(acc: str, v: str, dtype: str) -> str:
@@ -410,7 +444,9 @@ def _plane_pool(ctx: KernelContext, plane: _Plane, fill: str, tap: str, result: 
     body = (f"const {ctx.t(0)}* restrict xc = {ctx.ins[0]} + nc * {math.prod(x[2:])};\n"
             + plane.fill(fill) + "\n"
             + plane.rows(ctx, tuple(ctx.attrs["kernel_shape"]), fill, tap, store))
-    return f"{prologue}{plane.declare(ctx.t(0))}\n" + _for("nc", x[0] * x[1], body)
+    work = SERIAL_WORK * ctx.out_types[0].numel * math.prod(ctx.attrs["kernel_shape"])
+    return prologue + parallel_for(work, x[0] * x[1]) \
+        + _for("nc", x[0] * x[1], f"{plane.declare(ctx.t(0))}\n{body}")
 
 
 @kernel("max_pool")
@@ -475,7 +511,7 @@ def _global_pool(ctx: KernelContext, init: str, update: str, result: str) -> str
     body = (f"const {ctx.t(0)}* restrict xc = {ctx.ins[0]} + nc * {size};\n{init}\n"
             + _for("s", size, f"const {ctx.t(0)} v = xc[s];\n{update}") + "\n"
             + ctx.store("nc", result))
-    return _for("nc", x[0] * x[1], body)
+    return parallel_for(SERIAL_WORK * math.prod(x), x[0] * x[1]) + _for("nc", x[0] * x[1], body)
 
 
 @kernel("global_avg_pool")
@@ -516,7 +552,9 @@ def _lrn(ctx: KernelContext) -> str:
             f"const {t}* restrict xp = {plane};\n"
             + _for("s", "t0 + tn", ctx.store(f"(n * {c} + c) * {size} + s", value), start="t0"))
     tiles = f"for (int64_t t0 = 0; t0 < {size}; t0 += {tile}) {{\n{_indent(body)}\n}}"
-    return _nest([("n", n), ("c", c)], tiles)
+    work = n * c * size * (before + after + 1 + expression_work(value))
+    return parallel_for(work, n * c * -(-size // tile), collapse=3) \
+        + _nest([("n", n), ("c", c)], tiles)
 
 
 # ---- normalizations
@@ -554,7 +592,7 @@ def _rows(ctx: KernelContext, groups: int, size: int, setup: str, value: str,
     body = (_moments(x, index, size) + f"\n{setup}\n"
             + _for("r", size, f"const {ctx.t(0)} v = {x}[{index('r')}];\n"
                    + ctx.store(index("r"), value)))
-    return _for("g", groups, body)
+    return parallel_for(3 * groups * size, groups) + _for("g", groups, body)
 
 
 def _inv_std(ctx: KernelContext, var: str = "var") -> str:
@@ -574,7 +612,7 @@ def _batch_norm(ctx: KernelContext) -> str:
     body = setup + _for("s", size, ctx.store(f"(n * {c} + c) * {size} + s",
                                              f"({ctx.ins[0]}[(n * {c} + c) * {size} + s] - mu)"
                                              " * a + b"))
-    return _nest([("n", n), ("c", c)], body)
+    return parallel_for(n * c * size, n * c, collapse=2) + _nest([("n", n), ("c", c)], body)
 
 
 @kernel("instance_norm")
@@ -616,7 +654,7 @@ def _rms_norm(ctx: KernelContext) -> str:
     store = ctx.store(f"g * {size} + r", f"{x}[g * {size} + r] * inv * {scale}")
     body = (_lane_sum("total", square, size) + f"\n{_inv_std(ctx, f'total / {size}')}\n"
             + _for("r", size, store))
-    return _for("g", groups, body)
+    return parallel_for(2 * groups * size, groups) + _for("g", groups, body)
 
 
 @kernel("layer_norm_stats", epilogue=False)
@@ -626,7 +664,7 @@ def _layer_norm_stats(ctx: KernelContext) -> str:
     body = (_moments(ctx.ins[0], lambda r: f"g * {size} + {r}", size) + "\n" + _inv_std(ctx)
             + "\n"
             f"{ctx.outs[0]}[g] = ({t})mean;\n{ctx.outs[1]}[g] = inv;")
-    return _for("g", groups, body)
+    return parallel_for(2 * groups * size, groups) + _for("g", groups, body)
 
 
 @kernel("mean_variance_norm")
@@ -667,4 +705,5 @@ def _lp_norm(ctx: KernelContext) -> str:
     body = ("double total = 0.0;\n" + _for("kk", k, f"total += {term};") + "\n"
             f"const {t} norm = ({t}){norm};\n"
             + _for("kk", k, ctx.store(index, f"norm == 0 ? 0 : {x}[{index}] / norm")))
-    return _nest([("a", outer), ("b", inner)], body)
+    return parallel_for(2 * outer * inner * k, outer * inner, collapse=2) \
+        + _nest([("a", outer), ("b", inner)], body)

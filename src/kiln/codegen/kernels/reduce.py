@@ -7,7 +7,9 @@ the end. When the innermost (contiguous) dimension is kept, up to TILE positions
 reduced side by side in local arrays, so the inner loop is contiguous and vectorizable.
 Floats accumulate sums in double; integers in uint64_t (wrap-around, no signed overflow).
 Softmax over contiguous rows (attention scores) has its own fully vectorizable kernel using
-the prelude's `kiln_expf`; top-k keeps a heap in its outputs.
+the prelude's `kiln_expf`; top-k keeps a heap in its outputs. Threads split the kept
+positions (rows, slices), never the elements of one reduction, so results do not depend on
+the thread count.
 """
 
 from __future__ import annotations
@@ -20,7 +22,19 @@ from string import Template
 import numpy as np
 
 from ...ops.reduce import REDUCTIONS
-from .registry import ALIGNED, KernelContext, ctype, is_float, kernel, lit, mathfn, strides
+from .registry import (
+    ALIGNED,
+    SERIAL_WORK,
+    KernelContext,
+    ctype,
+    expression_work,
+    is_float,
+    kernel,
+    lit,
+    mathfn,
+    parallel_for,
+    strides,
+)
 
 # Most kept contiguous positions reduced side by side (local accumulator arrays).
 TILE = 256
@@ -28,6 +42,8 @@ TILE = 256
 SCRATCH = 8192
 # Independent partial results of a row reduction: one vector of floats.
 LANES = 8
+# Work per element of a softmax row (four passes, one with an exp; measured).
+SOFTMAX_WORK = 8
 
 
 @dataclass(frozen=True)
@@ -135,7 +151,12 @@ def _walk(ctx: KernelContext, axes: tuple[int, ...], accs: list[Acc], steps: lis
     if tiled:
         body = f"for (int64_t t0 = 0; t0 < {inner}; t0 += {width}) {{\n{body}\n}}"
     n_outer = math.prod(n for n, _ in kept)
-    return f"for (int64_t o = 0; o < {n_outer}; ++o) {{\n{body}\n}}"
+    # Threads split the kept positions (and tiles), each reduced whole in one thread.
+    work = ctx.in_types[0].numel * sum(expression_work(s.code) for s in steps if s.each)
+    work *= 1 if tiled else SERIAL_WORK  # a lone accumulator is a dependent chain
+    trips = n_outer * -(-inner // width)
+    return (parallel_for(work, trips, collapse=2 if tiled else 1)
+            + f"for (int64_t o = 0; o < {n_outer}; ++o) {{\n{body}\n}}")
 
 
 # ---- reductions -------------------------------------------------------------------------------
@@ -279,7 +300,9 @@ def _softmax_rows(ctx: KernelContext, log: bool) -> str:
         finish = f"const {t} ls = ({t})log(s);", "(xr[r] - m) - ls"
     else:
         finish = f"const {t} inv = ({t})(1.0 / s);", "ex[r] * inv"
-    return f"""for (int64_t o = 0; o < {ctx.out_types[0].numel // n}; ++o) {{
+    rows = ctx.out_types[0].numel // n
+    return parallel_for(SOFTMAX_WORK * rows * n, rows) + f"""\
+for (int64_t o = 0; o < {rows}; ++o) {{
 const {t}* xr = {ctx.ins[0]} + o * {n};
 {t} mv[{lanes}] {ALIGNED};
 for (int l = 0; l < {lanes}; ++l) mv[l] = {lit(-math.inf, dtype)};
@@ -392,7 +415,8 @@ def _topk(ctx: KernelContext) -> str:
         )
 
     better = _less("hv[0]", "v", dtype) if ctx.attrs["largest"] else _less("v", "hv[0]", dtype)
-    return f"""for (int64_t a = 0; a < {outer * inner}; ++a) {{
+    return parallel_for(SERIAL_WORK * outer * inner * n, outer * inner) + f"""\
+for (int64_t a = 0; a < {outer * inner}; ++a) {{
 const int64_t q = a / {inner}, b = a % {inner};
 const {t}* xs = {ctx.ins[0]} + q * {n * inner} + b;
 {t}* hv = {ctx.outs[0]} + q * {k * inner} + b;

@@ -45,33 +45,49 @@ ALIGNED = "__attribute__((aligned(64)))"
 
 
 # Kernels with less work than this stay serial. Work counts inner-loop element operations (one
-# multiply-add, or one element loaded and stored); a parallel region costs about 1-2 us,
-# which is the time a core needs for this much work.
+# vectorized multiply-add, or one element loaded and stored: about 0.2 ns); a parallel
+# region costs 1-2 us, and 2 threads gain from about 16K units (measured on add, conv,
+# matmul, softmax, pools, norms).
 PARALLEL_WORK = 1 << 15
 # Work of one call to a math function (tanhf, erf...) in an element's expression.
 CALL_WORK = 32
+# Work of an element step that does not vectorize: a running sum kept in order, a strided or
+# table-driven gather, a branchy window.
+SERIAL_WORK = 4
 # Iterations a parallel loop should have, where a kernel can split its work at little cost,
-# so that the threads of any core count get a share.
-PARALLEL_TRIPS = 16
-_CALL = re.compile(r"\b[A-Za-z_]\w*\s*\(")
+# so that up to that many threads get equal shares.
+PARALLEL_TRIPS = 8
+# A call: a lower-case name and "(" (not a C keyword; macros like INT64_C are upper case).
+_CALL = re.compile(r"\b(?!(?:if|for|while|switch|return|sizeof)\b)[a-z_]\w*\s*\(")
+
+
+def worth_threads(work: int, trips: int) -> bool:
+    """Whether a kernel with this much work, split in `trips` iterations, forks threads: a
+    compile-time choice (the thread count is a run-time one)."""
+    return work >= PARALLEL_WORK and trips >= 2
 
 
 def parallel_for(work: int, trips: int, *, collapse: int = 1) -> str:
     """An OpenMP pragma line parallelizing the loop nest that follows (its `collapse` outer
-    loops run `trips` iterations in all, each independent), or "" for a kernel with too little
-    work: whether to fork is a compile-time choice, the thread count a run-time one."""
-    if work < PARALLEL_WORK or trips < 2:
+    loops run `trips` iterations in all, each independent), or "" unless worth_threads."""
+    if not worth_threads(work, trips):
         return ""
     clause = f" collapse({collapse})" if collapse > 1 else ""
     return f"#pragma omp parallel for schedule(static){clause}\n"
 
 
-def parallel_nest(work: int, dims: Sequence[int]) -> str:
-    """parallel_for over the outer loops of a perfect nest of loops over dims: as few as give
-    PARALLEL_TRIPS iterations, the innermost loop (which vectorizes) kept whole."""
+def nest_depth(dims: Sequence[int]) -> int:
+    """How many outer loops of a perfect nest over dims threads split: as few as give
+    PARALLEL_TRIPS iterations, the innermost loop (which vectorizes) kept whole if others."""
     depth = 1
     while depth < len(dims) - 1 and math.prod(dims[:depth]) < PARALLEL_TRIPS:
         depth += 1
+    return depth
+
+
+def parallel_nest(work: int, dims: Sequence[int]) -> str:
+    """parallel_for over the nest_depth(dims) outer loops of a perfect nest over dims."""
+    depth = nest_depth(dims)
     return parallel_for(work, math.prod(dims[:depth]), collapse=depth) if dims else ""
 
 

@@ -3,17 +3,27 @@
 The taps of each resized axis (`axis_taps`) become static tables: source offsets (index
 times input stride) and weights per output position. The kernel loops over the output, sums
 the weighted taps in double (the precision of ONNX's reference) and stores each element
-once; nearest copies one source element, so it works for every dtype.
+once; nearest copies one source element, so it works for every dtype. Threads split the
+outer output loops.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
 
 from ...ops.resize import AxisTaps, axis_taps, is_identity_axis, saturate
-from .registry import KernelContext, kernel, lit, strides
+from .registry import (
+    SERIAL_WORK,
+    KernelContext,
+    kernel,
+    lit,
+    nest_depth,
+    parallel_nest,
+    strides,
+)
 
 
 def _table(name: str, ctype: str, rows: np.ndarray, fmt: Callable[[object], str]) -> str:
@@ -74,14 +84,23 @@ def _resize(ctx: KernelContext) -> str:
             if not is_identity_axis(d, n, attrs)}
     in_st = strides(x.shape)
     lines = _tables(taps, in_st, nearest)
-    for d, n in enumerate(out.shape):  # p: flat output index, b: input offset of the taps
+    per_element = 1 if nearest else math.prod(t.index.shape[1] for t in taps.values())
+    pragma = parallel_nest(SERIAL_WORK * out.numel * per_element, out.shape)
+    depth = nest_depth(out.shape)
+    # Threads split the `depth` outer loops, nested perfectly; then for each loop level, p:
+    # the flat output index, b: the input offset of the taps.
+    lines += [pragma.rstrip("\n")] if pragma else []
+    lines += [f"for (int64_t o{d} = 0; o{d} < {n}; ++o{d}) {{"
+              for d, n in enumerate(out.shape[:depth])]
+    for d, n in enumerate(out.shape):
         terms = [f"b{d - 1}"] if d else []
         if d not in taps:
             terms.append(f"o{d} * {in_st[d]}")
         elif nearest:
             terms.append(f"kiln_rs_off{d}[o{d}]")
-        lines += [f"for (int64_t o{d} = 0; o{d} < {n}; ++o{d}) {{",
-                  f"const int64_t p{d} = " + (f"p{d - 1} * {n} + o{d};" if d else "o0;"),
+        if d >= depth:
+            lines.append(f"for (int64_t o{d} = 0; o{d} < {n}; ++o{d}) {{")
+        lines += [f"const int64_t p{d} = " + (f"p{d - 1} * {n} + o{d};" if d else "o0;"),
                   f"const int64_t b{d} = {' + '.join(terms) or '0'};"]
     base = f"b{out.rank - 1}"
     if nearest or not taps:
