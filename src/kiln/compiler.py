@@ -20,7 +20,7 @@ from .export.factory import CompiledModel, FactoryModule
 from .ir import Module, Value
 from .passes.fuse import fuse
 from .passes.memory_plan import MemoryPlan, plan_memory
-from .passes.pipeline import optimize
+from .passes.pipeline import PASSES, optimize
 
 
 def _location(v: Value, plan: MemoryPlan, params: set[str]) -> dict[str, Any]:
@@ -62,10 +62,13 @@ def compile_model(mod: Module, target: Target, *, executor: str = "graph",
         "kernels": [
             {"func": k.name, "label": g.label, "node": g.anchor.name,
              "shapes": [list(v.type.shape) for v in g.outputs],
+             "inputs": [v.name for v in g.inputs], "outputs": [v.name for v in g.outputs],
              "args": [_location(v, plan, params) for v in [*g.inputs, *g.outputs]]}
             for g, k in zip(groups, kernels, strict=True)
         ],
         "ir": str(mod),
+        "source": mod.source,
+        "build": {"executor": executor, "passes": [name for name, _ in PASSES]},
     }
     weights = {p.name: np.asarray(mod.params[p.name], order="C") for p in mod.graph.params}
     objects = {k.name: objects[k.name] for k in kernels}

@@ -76,6 +76,9 @@ class Module:
     graph: Graph
     params: dict[str, np.ndarray] = field(default_factory=dict)
     name: str = "default"
+    # Where the model came from (format, producer, digest of the source file): recorded in
+    # the library as provenance.
+    source: dict[str, str] = field(default_factory=dict)
 
     def bind(self, params: dict[str, np.ndarray] | None) -> Module:
         """Return a module whose params are bound to arrays, checking names, shapes and dtypes."""
@@ -92,7 +95,7 @@ class Module:
         missing = [p.name for p in self.graph.params if p.name not in bound]
         if missing:
             raise ShapeError(f"params without a value: {missing}")
-        return Module(self.graph, bound, self.name)
+        return Module(self.graph, bound, self.name, dict(self.source))
 
     def copy(self) -> Module:
         """A copy whose graph can be changed without touching this one (arrays are shared)."""
@@ -113,7 +116,7 @@ class Module:
             graph.nodes.append(copy)
         graph.outputs = [clone(v) for v in g.outputs]
         graph.output_names = list(g.output_names)
-        return Module(graph, dict(self.params), self.name)
+        return Module(graph, dict(self.params), self.name, dict(self.source))
 
     def __str__(self) -> str:
         from .printer import print_module

@@ -117,9 +117,19 @@ def from_onnx(
     if missing:
         raise ModelImportError(f"graph outputs {missing} are not produced by any node")
     mod = builder.finish([env[o.name] for o in graph.output], [o.name for o in graph.output])
+    mod.source = _provenance(proto, opset)
     eliminate_dead_code(mod)
     params = {p.name: builder.constants[p.name] for p in mod.graph.params}
     return mod, params
+
+
+def _provenance(proto: onnx.ModelProto, opset: int) -> dict[str, str]:
+    """What the library records about its source model."""
+    from blake3 import blake3
+
+    return {"format": "onnx", "opset": str(opset), "ir_version": str(proto.ir_version),
+            "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
+            "blake3": blake3(proto.SerializeToString(deterministic=True)).hexdigest()}
 
 
 def _base_dir(model: ModelLike) -> str:
