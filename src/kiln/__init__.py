@@ -21,6 +21,8 @@ from .errors import (
 from .runtime import Device, GraphModule, Library, cpu, device, load_module, load_params
 
 _LAZY = {"build": ("kiln.compiler", "build"), "link": ("kiln.export.factory", "link"),
+         "pack": ("kiln.export.pack", "pack"), "sign": ("kiln.runtime.signing", "sign"),
+         "verify": ("kiln.runtime.signing", "verify"), "keygen": ("kiln.runtime.signing", "keygen"),
          "frontend": ("kiln.frontend", None),
          "ir": ("kiln.ir", None), "from_onnx": ("kiln.frontend", "from_onnx")}
 
@@ -39,5 +41,5 @@ __all__ = [
     "CompatibilityError", "CompileError", "Device", "ExportError", "FormatError", "GraphModule",
     "InputError", "KilnError", "Library", "ModelImportError", "NotConstantError", "ShapeError",
     "UnsupportedOpError", "VerificationError", "__version__", "build", "cpu", "device",
-    "from_onnx", "link", "load_module", "load_params",
+    "from_onnx", "keygen", "link", "load_module", "load_params", "pack", "sign", "verify",
 ]

@@ -164,11 +164,11 @@ def _print_profile(gmod) -> None:
     Console().print(table)
 
 
-def library_summary(lib) -> dict:
-    """What `kiln inspect` reports, as plain data."""
-    m = lib.manifest
+def library_summary(checked, path: str) -> dict:
+    """What `kiln inspect` reports about a checked library file, as plain data."""
+    m = checked.blob.manifest
     models = {}
-    for name in lib.models:
+    for name in sorted(m["models"]):
         spec = m["models"][name]
         regions = m["weights"]
         models[name] = {
@@ -181,9 +181,15 @@ def library_summary(lib) -> dict:
             "param_bytes": sum(regions[p["weight"]]["nbytes"] for p in spec["params"]),
             "memory_peak_bytes": spec["memory"]["peak_bytes"],
             "memory_unplanned_bytes": spec["memory"]["unplanned_bytes"],
+            "source": spec.get("source", {}),
         }
-    return {"path": lib.path, "kiln_version": m["kiln_version"],
-            "format_version": f"{lib.blob.major}.{lib.blob.minor}", "target": m["target"],
+    from .runtime.signing import signature_status
+
+    blob = checked.blob
+    return {"path": path, "kiln_version": m["kiln_version"],
+            "format_version": f"{blob.major}.{blob.minor}", "target": m["target"],
+            "file_bytes": checked.file_size, "packed_bytes": checked.packed_size,
+            "signature": signature_status(blob.header, blob.signer, blob.signature),
             "weights_stored_bytes": sum(r["nbytes"] for r in m["weights"]), "models": models}
 
 
@@ -195,10 +201,12 @@ def inspect_cmd(library, as_json) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .runtime import load_module
+    from .runtime.library import inspect_file
 
     try:
-        info = library_summary(load_module(library))
+        checked = inspect_file(library, compat=False)
+        info = library_summary(checked, library)
+        checked.release()
     except KilnError as e:
         _fail(e)
     if as_json:
@@ -208,6 +216,11 @@ def inspect_cmd(library, as_json) -> None:
     t = info["target"]
     console.print(f"[bold]{info['path']}[/]  kiln {info['kiln_version']}, format "
                   f"{info['format_version']}, {t['triple']} ({', '.join(t['features']) or '-'})")
+    size = f"{_size(info['file_bytes'])}"
+    if info["packed_bytes"]:
+        size += f", {_size(info['packed_bytes'])} compressed " \
+                f"({100 * info['packed_bytes'] / info['file_bytes']:.0f}%)"
+    console.print(f"size {size}; {info['signature']}; all digests verified")
     for name, m in info["models"].items():
         console.print(f"\n[bold]model {name}[/] ({m['executor']} executor): {m['kernels']} "
                       f"kernels, {m['params']} params ({_size(m['param_bytes'])}), memory "
@@ -218,10 +231,69 @@ def inspect_cmd(library, as_json) -> None:
             for e in m[kind]:
                 table.add_row(kind[:-1], e["name"], "x".join(map(str, e["shape"])), e["dtype"])
         console.print(table)
+        src = m["source"]
+        if src:
+            console.print(f"source: {src.get('format')} opset {src.get('opset')}, producer "
+                          f"'{src.get('producer')}', blake3 {src.get('blake3', '')[:16]}…")
         ops = Table("kernel (fused ops)", "count")
         for label, n in m["ops"].items():
             ops.add_row(label, str(n))
         console.print(ops)
+
+
+@main.command("keygen")
+@click.argument("private_key", type=click.Path(dir_okay=False))
+@click.argument("public_key", type=click.Path(dir_okay=False))
+def keygen_cmd(private_key, public_key) -> None:
+    """Write a new Ed25519 key pair (PEM) for signing libraries."""
+    from .runtime.signing import keygen
+
+    click.echo(f"key {keygen(private_key, public_key)}: wrote {private_key} (keep it secret) "
+               f"and {public_key}")
+
+
+@main.command("sign")
+@click.argument("library", type=click.Path(exists=True, dir_okay=False))
+@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Ed25519 private key (PEM)")
+def sign_cmd(library, key) -> None:
+    """Sign LIBRARY in place; the signature travels inside the file."""
+    from .runtime.signing import sign
+
+    try:
+        click.echo(f"signed {library} with key {sign(library, key)}")
+    except KilnError as e:
+        _fail(e)
+
+
+@main.command("verify")
+@click.argument("library", type=click.Path(exists=True, dir_okay=False))
+@click.option("--pubkey", "pubkeys", required=True, multiple=True,
+              type=click.Path(exists=True, dir_okay=False), help="trusted public key (PEM)")
+def verify_cmd(library, pubkeys) -> None:
+    """Exit 0 only if LIBRARY is intact and signed by one of the trusted keys."""
+    from .runtime.signing import verify
+
+    try:
+        click.echo(f"OK: {library} is intact and signed by trusted key "
+                   f"{verify(library, list(pubkeys))}")
+    except KilnError as e:
+        _fail(e)
+
+
+@main.command("pack")
+@click.argument("library", type=click.Path(exists=True, dir_okay=False))
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="default: LIBRARY.zst")
+def pack_cmd(library, output) -> None:
+    """Compress LIBRARY (zstd) into one file that load_module accepts directly."""
+    from .export.pack import pack
+
+    try:
+        out = pack(library, output)
+    except KilnError as e:
+        _fail(e)
+    raw, packed = Path(library).stat().st_size, Path(out).stat().st_size
+    click.echo(f"wrote {out}: {_size(packed)} ({100 * packed / raw:.0f}% of {_size(raw)})")
 
 
 if __name__ == "__main__":

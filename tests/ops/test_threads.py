@@ -87,7 +87,7 @@ def _inputs(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 def _build(model: onnx.ModelProto, inputs: dict[str, np.ndarray], monkeypatch,
-           **options) -> tuple[kiln.runtime.Library, list[str]]:
+           **options) -> tuple[kiln.Library, list[str]]:
     """The compiled library and the C sources of its kernels."""
     sources: list[str] = []
     compile_kernels = kiln.compiler.compile_kernels
@@ -143,6 +143,7 @@ def test_two_executors_run_concurrently_with_their_own_thread_counts(monkeypatch
     lib, _ = _build(model, inputs, monkeypatch)
     expected = _run(lib, inputs, 1)[0]
     results: dict[int, list[np.ndarray]] = {1: [], 2: []}
+    seen: dict[int, set[int]] = {1: set(), 2: set()}  # OpenMP's thread count after each run
     errors: list[BaseException] = []
     start = threading.Barrier(2)
 
@@ -150,9 +151,11 @@ def test_two_executors_run_concurrently_with_their_own_thread_counts(monkeypatch
         try:
             gmod = kiln.GraphModule(lib["default"](kiln.cpu(0, num_threads=threads)))
             gmod.set_input(**inputs)
+            max_threads = gmod.executor.lib.native.kiln_max_threads
             start.wait()
             for _ in range(30):
                 gmod.run()
+                seen[threads].add(max_threads())
                 results[threads].append(gmod.get_output(0))
         except BaseException as e:  # reported by the main thread
             errors.append(e)
@@ -163,6 +166,7 @@ def test_two_executors_run_concurrently_with_their_own_thread_counts(monkeypatch
     for t in workers:
         t.join()
     assert not errors, errors
+    assert seen == {1: {1}, 2: {2}}
     for threads, outputs in results.items():
         assert len(outputs) == 30
         assert all(np.array_equal(o, expected) for o in outputs), f"{threads} threads"

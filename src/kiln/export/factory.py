@@ -36,6 +36,7 @@ from ..runtime.blob import CODE_DIGEST_OFFSET, code_digest, write_blob
 from ..runtime.elf import read_elf
 from ..runtime.library import SECTION, Library, load_module
 from ..runtime.params import save_params
+from .pack import compress
 
 
 @dataclass
@@ -103,14 +104,17 @@ class FactoryModule:
         if out.is_dir() or (out.suffix == "" and not out.exists()):
             out.mkdir(parents=True, exist_ok=True)
             out = out / f"{self.models[0] if len(self.models) == 1 else 'models'}.so"
-        elif out.suffix not in (".so", ".tar"):
+        elif out.suffix not in (".so", ".tar") and not out.name.endswith(".so.zst"):
             raise ExportError(f"cannot export to '{out}': unknown suffix '{out.suffix}'; use "
-                              ".so (native library), .tar (objects + blob) or a directory")
+                              ".so (native library), .so.zst (compressed), .tar (objects + "
+                              "blob) or a directory")
         if not out.parent.is_dir():
             raise ExportError(f"cannot export to '{out}': folder {out.parent} does not exist")
         blob = self._blob(package_params)
         if out.suffix == ".tar":
             atomic_write(out, self._tar(blob))
+        elif out.suffix == ".zst":
+            atomic_write(out, compress(self._link(blob)))
         else:
             atomic_write(out, self._link(blob))
         return str(out)

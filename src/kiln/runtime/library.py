@@ -37,8 +37,6 @@ class Library:
         self._mapped = checked.mapped
         self.blob = checked.blob
         self.signer_id = checked.signer_id
-        self.file_size = checked.file_size
-        self.packed_size = checked.packed_size
         self.native = native
 
     @property
@@ -110,7 +108,8 @@ def _map_file(path: str) -> mmap.mmap:
         raise FormatError(f"cannot read {path}: {e}") from None
 
 
-def _check(path: str, where: str, verify: str, trusted_keys: list | None) -> CheckedFile:
+def _check(path: str, where: str, verify: str, trusted_keys: list | None,
+           compat: bool = True) -> CheckedFile:
     if verify not in VERIFY_MODES:
         raise KilnError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
     mapped = _map_file(path)
@@ -131,7 +130,8 @@ def _check(path: str, where: str, verify: str, trusted_keys: list | None) -> Che
         raise FormatError(f"{where}: native code digest mismatch: the file is damaged")
     if verify == "full" or trusted_keys is not None:
         blob.verify_weights(where)
-    check_compatible(blob.manifest.get("target"), elf.machine, where)
+    if compat:
+        check_compatible(blob.manifest.get("target"), elf.machine, where)
     return CheckedFile(path, mapped, blob, elf.machine, signer_id, len(mapped))
 
 
@@ -193,8 +193,11 @@ def _source_bytes(path: str) -> tuple[bytes | None, int | None]:
 
 
 def inspect_file(source: str | os.PathLike | bytes, *, verify: str = "full",
-                 trusted_keys: Iterable[Any] | None = None) -> CheckedFile:
-    """Map and check a library (any accepted form) without loading its native code."""
+                 trusted_keys: Iterable[Any] | None = None, compat: bool = True) -> CheckedFile:
+    """Map and check a library (any accepted form) without loading its native code.
+
+    compat=False skips the machine check, to inspect a library built for another machine.
+    """
     keys = list(trusted_keys) if trusted_keys is not None else None
     if isinstance(source, (bytes, bytearray, memoryview)):
         data, where, packed = bytes(source), "<library in memory>", None
@@ -202,10 +205,10 @@ def inspect_file(source: str | os.PathLike | bytes, *, verify: str = "full",
         where = os.fspath(source)
         data, packed = _source_bytes(where)
     if data is None:
-        return _check(where, where, verify, keys)
+        return _check(where, where, verify, keys, compat)
     fd = _memfd(data)
     try:
-        checked = _check(f"/proc/self/fd/{fd}", where, verify, keys)
+        checked = _check(f"/proc/self/fd/{fd}", where, verify, keys, compat)
     except BaseException:
         os.close(fd)
         raise

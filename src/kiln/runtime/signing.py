@@ -147,6 +147,22 @@ def check_signature(header: bytes, signer: bytes, signature: bytes,
                             f"among the trusted keys {[fingerprint(raw_public(k)) for k in keys]}")
 
 
+def signature_status(header: bytes, signer: bytes, signature: bytes) -> str:
+    """For display: unsigned, or the signer's fingerprint and whether the signature holds."""
+    if not any(signature):
+        return "unsigned"
+    try:
+        check_signature(header, signer, signature, [_public_from_raw(signer)], "library")
+    except VerificationError:
+        return f"signed by {fingerprint(signer)}: signature INVALID (altered after signing)"
+    return f"signed by {fingerprint(signer)} (signature valid; trust depends on the key)"
+
+
+def _public_from_raw(raw: bytes):
+    _, ed25519 = _crypto()
+    return ed25519.Ed25519PublicKey.from_public_bytes(raw)
+
+
 def verify(path: str | os.PathLike, trusted_keys: Iterable[KeyLike] | KeyLike) -> str:
     """Check a library's signature and every digest without loading its code; returns key id."""
     from .library import inspect_file

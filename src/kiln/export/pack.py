@@ -1,0 +1,37 @@
+"""Compression for shipping: a library as one zstd-compressed file (.so.zst).
+
+Lossless; the frame records its content size, which the loader checks before
+decompressing. kiln.load_module accepts the .so.zst directly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..codegen.toolchain import atomic_write
+from ..errors import ExportError
+
+LEVEL = 19  # shipping favours size; decompression speed does not depend on the level
+
+
+def compress(data: bytes, level: int = LEVEL) -> bytes:
+    """zstd-compress data into one frame that records its content size."""
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=level, write_content_size=True, threads=-1) \
+        .compress(data)
+
+
+def pack(path: str | os.PathLike, out: str | os.PathLike | None = None, *,
+         level: int = LEVEL) -> str:
+    """Compress the library at path into out (default: path + ".zst"); returns out."""
+    from ..runtime.library import inspect_file
+
+    src = Path(path)
+    dest = Path(out) if out is not None else src.with_name(src.name + ".zst")
+    if dest.suffix != ".zst":
+        raise ExportError(f"cannot pack to '{dest}': the packed file's name must end in .zst")
+    inspect_file(src).release()  # never ship a damaged or foreign file
+    atomic_write(dest, compress(src.read_bytes(), level))
+    return str(dest)
