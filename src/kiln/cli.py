@@ -34,6 +34,9 @@ def _size(n: int) -> str:
     return ""
 
 
+SELFTEST_SEED = 0  # `kiln compile --selftest` embeds what `kiln run` feeds by default
+
+
 def _fail(e: KilnError) -> None:
     click.echo(f"error: {e}", err=True)
     sys.exit(1)
@@ -61,8 +64,11 @@ def main() -> None:
 @click.option("--mcpu", help="CPU to compile for (default: this machine)")
 @click.option("--cc", help="C compiler (default: $CC or cc)")
 @click.option("--print-ir", is_flag=True, help="print the optimized IR")
+@click.option("--selftest", is_flag=True, help="embed a self-test vector: random inputs "
+              f"(seed {SELFTEST_SEED}, as `kiln run` makes them) and their outputs, checked "
+              "by `kiln selftest`")
 def compile_cmd(model, inputs, dtypes, output, executor, params_out, mcpu, cc,
-                print_ir) -> None:
+                print_ir, selftest) -> None:
     """Compile an ONNX MODEL into one native library."""
     from .compiler import build
     from .frontend import from_onnx
@@ -74,7 +80,11 @@ def compile_cmd(model, inputs, dtypes, output, executor, params_out, mcpu, cc,
         start = time.perf_counter()
         mod, params = from_onnx(model, shapes=shapes, dtypes=dtype_map)
         lib = build(mod, params=params, target=target, executor=executor)
-        path = lib.export_library(output, package_params=params_out is None)
+        info = {e["name"]: (tuple(e["shape"]), e["dtype"])
+                for e in lib.compiled["default"].spec["inputs"]}
+        test_inputs = _random_inputs(info, SELFTEST_SEED) if selftest else None
+        path = lib.export_library(output, package_params=params_out is None,
+                                  test_inputs=test_inputs)
         if params_out:
             click.echo(f"wrote {lib.export_params(params_out)}")
     except KilnError as e:
@@ -84,18 +94,16 @@ def compile_cmd(model, inputs, dtypes, output, executor, params_out, mcpu, cc,
     spec = lib.compiled["default"].spec
     click.echo(f"wrote {path}: {len(spec['kernels'])} kernels, "
                f"{_size(Path(path).stat().st_size)}, "
-               f"{time.perf_counter() - start:.2f} s")
+               f"{time.perf_counter() - start:.2f} s"
+               f"{', 1 self-test vector' if selftest else ''}")
 
 
-def _load_inputs(specs, gmod, seed: int) -> dict[str, np.ndarray]:
+def _random_inputs(info, seed: int, given=None) -> dict[str, np.ndarray]:
+    """given, plus random values for the other inputs in info (name -> (shape, dtype)):
+    standard normal floats, 0/1 integers, drawn in info's order from one seeded generator."""
     rng = np.random.default_rng(seed)
-    feeds = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            raise click.BadParameter(f"'{spec}': expected NAME=FILE.npy")
-        feeds[name] = np.load(path)
-    for name, (shape, dtype) in gmod.input_info.items():
+    feeds = dict(given or {})
+    for name, (shape, dtype) in info.items():
         if name in feeds:
             continue
         if np.dtype(dtype).kind == "f":
@@ -103,6 +111,16 @@ def _load_inputs(specs, gmod, seed: int) -> dict[str, np.ndarray]:
         else:
             feeds[name] = rng.integers(0, 2, shape).astype(dtype)
     return feeds
+
+
+def _load_inputs(specs, gmod, seed: int) -> dict[str, np.ndarray]:
+    feeds = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise click.BadParameter(f"'{spec}': expected NAME=FILE.npy")
+        feeds[name] = np.load(path)
+    return _random_inputs(gmod.input_info, seed, feeds)
 
 
 @main.command("run")
@@ -189,7 +207,7 @@ def library_summary(checked, path: str) -> dict:
     return {"path": path, "kiln_version": m["kiln_version"],
             "format_version": f"{blob.major}.{blob.minor}", "target": m["target"],
             "file_bytes": checked.file_size, "packed_bytes": checked.packed_size,
-            "signature": signature_status(blob.header, blob.signer, blob.signature),
+            "signature": signature_status(blob.signer, blob.signature),
             "weights_stored_bytes": sum(r["nbytes"] for r in m["weights"]), "models": models}
 
 
@@ -239,6 +257,47 @@ def inspect_cmd(library, as_json) -> None:
         for label, n in m["ops"].items():
             ops.add_row(label, str(n))
         console.print(ops)
+
+
+@main.command("selftest")
+@click.argument("library", type=click.Path(exists=True))
+@click.option("--params", "params_file", type=click.Path(exists=True, dir_okay=False),
+              help="weights (.safetensors) for a library exported without them")
+@click.option("--model", "models", multiple=True,
+              help="test only this model (repeatable; default: all that have vectors)")
+def selftest_cmd(library, params_file, models) -> None:
+    """Run the test vectors embedded in LIBRARY; exit 1 if any output is off."""
+    from .runtime import load_module
+
+    try:
+        rows = load_module(library).selftest(params=params_file, models=models or None)
+    except KilnError as e:
+        _fail(e)
+    _print_selftest(rows)
+    failed = [r for r in rows if not r["passed"]]
+    for r in failed:
+        for o in r["outputs"]:
+            if not o["passed"]:
+                click.echo(f"FAIL model '{r['model']}' vector {r['index']}: output '{o['name']}' "
+                           f"has {o['mismatched']} of {o['size']} values outside rtol "
+                           f"{r['rtol']:g}, atol {r['atol']:g} (max abs error "
+                           f"{o['max_abs_error']:.3g} at index {o['worst_index']})")
+    if failed:
+        click.echo(f"selftest FAILED: {len(failed)} of {len(rows)} vectors failed", err=True)
+        sys.exit(1)
+    click.echo(f"selftest passed: all {len(rows)} vectors")
+
+
+def _print_selftest(rows) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("model", "vector", "result", "max abs error", "max rel error", "rtol / atol")
+    for r in rows:
+        table.add_row(r["model"], str(r["index"]), "PASS" if r["passed"] else "[red]FAIL[/]",
+                      f"{r['max_abs_error']:.3g}", f"{r['max_rel_error']:.3g}",
+                      f"{r['rtol']:g} / {r['atol']:g}")
+    Console().print(table)
 
 
 @main.command("keygen")

@@ -33,10 +33,15 @@ from ..codegen.toolchain import (
 )
 from ..errors import ExportError
 from ..runtime.blob import CODE_DIGEST_OFFSET, code_digest, write_blob
+from ..runtime.device import cpu
 from ..runtime.elf import read_elf
 from ..runtime.library import SECTION, Library, load_module
 from ..runtime.params import save_params
+from ..runtime.selftest import check_test_inputs, vector_entry
 from .pack import compress
+
+# One self-test vector as export computes it: the input set and the (name, output) pairs.
+VectorData = tuple[dict[str, np.ndarray], list[tuple[str, np.ndarray]]]
 
 
 @dataclass
@@ -67,23 +72,30 @@ class FactoryModule:
         """The optimized IR text of a model: what was compiled."""
         return self.compiled[name].spec["ir"]
 
-    def _blob(self, package_params: bool = True) -> bytes:
+    def _blob(self, package_params: bool = True,
+              vectors: dict[str, list[VectorData]] | None = None) -> bytes:
+        """The blob: manifest plus weight arrays (params first, then self-test vectors)."""
         arrays: list[np.ndarray] = []
         index: dict[bytes, int] = {}
+
+        def store(array: np.ndarray) -> int:
+            key = hashlib.blake2b(array.tobytes(), digest_size=32).digest()
+            if key not in index:  # byte-identical arrays are stored once
+                index[key] = len(arrays)
+                arrays.append(array)
+            return index[key]
+
         models = {}
         for name, m in sorted(self.compiled.items()):
             params = []
             for pname, array in sorted(m.weights.items()):
-                entry = {"name": pname, "shape": list(array.shape), "dtype": array.dtype.name,
-                         "weight": None}
-                if package_params:
-                    key = hashlib.blake2b(array.tobytes(), digest_size=32).digest()
-                    if key not in index:  # byte-identical weights are stored once
-                        index[key] = len(arrays)
-                        arrays.append(array)
-                    entry["weight"] = index[key]
-                params.append(entry)
+                params.append({"name": pname, "shape": list(array.shape),
+                               "dtype": array.dtype.name,
+                               "weight": store(array) if package_params else None})
             models[name] = dict(m.spec, params=params)
+        for name, data in sorted((vectors or {}).items()):
+            models[name]["selftest"] = [vector_entry(inputs, outputs, store)
+                                        for inputs, outputs in data]
         manifest = {"kiln_version": __version__, "target": self.target.describe(),
                     "models": models}
         return write_blob(manifest, arrays)
@@ -94,12 +106,17 @@ class FactoryModule:
             objects.update(m.objects)
         return objects
 
-    def export_library(self, path: str | os.PathLike, *, package_params: bool = True) -> str:
-        """Write the library to path by suffix (.so, .tar, or a directory); returns the path.
+    def export_library(self, path: str | os.PathLike, *, package_params: bool = True,
+                       test_inputs: Any = None) -> str:
+        """Write the library to path by suffix (.so, .so.zst, .tar, or a directory); returns it.
 
         Atomic: a failed export leaves nothing at path. With package_params=False the
         weights stay out (ship them with export_params; executors then need load_params).
+        test_inputs: input sets ({input name: array}, or a list; {model name: those} for
+        several models) to run now and embed with their outputs as self-test vectors
+        (Library.selftest, `kiln selftest`); checked first, InputError if they do not fit.
         """
+        vectors = self._vectors(test_inputs) if test_inputs is not None else None
         out = Path(path)
         if out.is_dir() or (out.suffix == "" and not out.exists()):
             out.mkdir(parents=True, exist_ok=True)
@@ -110,7 +127,7 @@ class FactoryModule:
                               "blob) or a directory")
         if not out.parent.is_dir():
             raise ExportError(f"cannot export to '{out}': folder {out.parent} does not exist")
-        blob = self._blob(package_params)
+        blob = self._blob(package_params, vectors)
         if out.suffix == ".tar":
             atomic_write(out, self._tar(blob))
         elif out.suffix == ".zst":
@@ -118,6 +135,22 @@ class FactoryModule:
         else:
             atomic_write(out, self._link(blob))
         return str(out)
+
+    def _vectors(self, test_inputs: Any) -> dict[str, list[VectorData]]:
+        """test_inputs checked, and each set run on this factory: {model: [(inputs, outputs)]}."""
+        specs = {name: m.spec for name, m in self.compiled.items()}
+        vectors: dict[str, list[VectorData]] = {}
+        for name, input_sets in check_test_inputs(test_inputs, specs).items():
+            executor = self[name](cpu(0))
+            vectors[name] = []
+            for inputs in input_sets:
+                for iname, array in inputs.items():
+                    executor.set_input(iname, array)
+                executor.run()
+                outputs = [(oname, executor.get_output(k))
+                           for k, (oname, _) in enumerate(executor.outputs)]
+                vectors[name].append((inputs, outputs))
+        return vectors
 
     def _link(self, blob: bytes) -> bytes:
         """The sealed native library's bytes."""

@@ -5,13 +5,15 @@ Layout (integers little-endian; docs/format.md is the normative description):
   8   2  format major      10  2  format minor      12  4  header size (256)
   16  8  manifest offset   24  8  manifest size     (offsets from the blob start)
   32  8  weights offset    40  8  weights size      (weights offset is 64-byte aligned)
-  48  32 BLAKE3 of bytes [header size, weights offset): the manifest and its padding
+  48  32 BLAKE3 of header bytes [0, 48) then bytes [header size, weights offset): the
+         fixed header fields, the manifest and its padding
   80  32 BLAKE3 of the weights region (each region's own digest is in the manifest)
   112 32 BLAKE3 of the library file outside the blob: the native code and ELF tables
   144 32 Ed25519 public key of the signer (zero if unsigned)
   176 64 Ed25519 signature of the header with these 64 bytes zeroed (zero if unsigned)
-  240 16 reserved, zero
-Together the digests and the signed header cover every byte of a library file.
+  240 16 reserved, zero (checked)
+Together the digests and the signature cover every byte of a library file: a signed header
+is checked against its embedded key on every load (against trusted keys when given).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, VerificationError
 
 MAGIC = b"KILNBLOB"
 FORMAT_MAJOR = 1
@@ -45,6 +47,18 @@ def digest(data) -> bytes:
     return blake3(data).digest()
 
 
+FIXED = 48  # header bytes [0, 48): magic, versions, sizes and offsets
+
+
+def _manifest_digest(header_fixed, manifest_area) -> bytes:
+    from blake3 import blake3
+
+    h = blake3()
+    h.update(header_fixed)
+    h.update(manifest_area)
+    return h.digest()
+
+
 def _pad(n: int) -> int:
     return (-n) % ALIGN
 
@@ -62,9 +76,10 @@ def write_blob(manifest: dict[str, Any], arrays: list[np.ndarray]) -> bytes:
     weights = b"".join(chunks)
     manifest_area = text + b"\0" * _pad(HEADER_SIZE + len(text))
     weights_off = HEADER_SIZE + len(manifest_area)
-    header = HEADER.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR, HEADER_SIZE, HEADER_SIZE, len(text),
-                         weights_off, len(weights), digest(manifest_area), digest(weights),
-                         bytes(32), bytes(32), bytes(64), bytes(16))
+    fixed = HEADER.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR, HEADER_SIZE, HEADER_SIZE, len(text),
+                        weights_off, len(weights), *([bytes(32)] * 4), bytes(64), bytes(16))[:FIXED]
+    header = fixed + struct.pack("<32s32s", _manifest_digest(fixed, manifest_area),
+                                 digest(weights)) + bytes(HEADER_SIZE - FIXED - 64)
     return header + manifest_area + weights
 
 
@@ -148,8 +163,20 @@ def read_blob(buf: memoryview, where: str, *, verify_weights: bool = True) -> Bl
         raise FormatError(f"{where}: manifest claims {m_size} bytes (limit {MAX_MANIFEST})")
     if w_off % ALIGN:
         raise FormatError(f"{where}: weights offset {w_off} is not {ALIGN}-byte aligned")
-    if digest(buf[hsize:w_off]) != m_dig:
-        raise FormatError(f"{where}: manifest digest mismatch: the file is damaged")
+    if _manifest_digest(buf[:FIXED], buf[hsize:w_off]) != m_dig:
+        raise FormatError(f"{where}: header or manifest digest mismatch: the file is damaged")
+    if any(_reserved):
+        raise FormatError(f"{where}: reserved header bytes are not zero: the file is damaged")
+    if any(signature):
+        from .signing import check_signature
+
+        try:
+            check_signature(bytes(buf[:hsize]), signer, signature, [signer], where)
+        except VerificationError:
+            raise FormatError(f"{where}: the embedded signature does not match the header: "
+                              "the file is damaged or was altered after signing") from None
+    elif any(signer):
+        raise FormatError(f"{where}: signer key without a signature: the file is damaged")
     try:
         manifest = json.loads(bytes(buf[m_off:m_off + m_size]))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

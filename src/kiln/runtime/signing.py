@@ -43,10 +43,13 @@ def _read_pem(key: KeyLike) -> bytes:
 
 
 def load_public_key(key: KeyLike):
-    """An Ed25519 public key from a key object (public or private), a PEM path or PEM bytes."""
+    """An Ed25519 public key from a key object (public or private), a PEM path, PEM bytes, or
+    the 32 raw bytes a library header stores."""
     serialization, ed25519 = _crypto()
     if isinstance(key, ed25519.Ed25519PublicKey):
         return key
+    if isinstance(key, bytes) and len(key) == 32:
+        return ed25519.Ed25519PublicKey.from_public_bytes(key)
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return key.public_key()
     try:
@@ -110,11 +113,11 @@ def _blob_offset(data: bytes, where: str) -> int:
 
 def sign(path: str | os.PathLike, key: KeyLike) -> str:
     """Sign a library in place (atomically); returns the signer's key fingerprint."""
-    from .library import load_module
+    from .library import inspect_file
 
     path = Path(path)
     private = load_private_key(key)
-    load_module(path, verify="full")  # never sign a damaged or foreign file
+    inspect_file(path, compat=False).release()  # never sign a damaged file
     data = bytearray(path.read_bytes())
     base = _blob_offset(bytes(data), str(path))
     public = raw_public(private.public_key())
@@ -147,20 +150,11 @@ def check_signature(header: bytes, signer: bytes, signature: bytes,
                             f"among the trusted keys {[fingerprint(raw_public(k)) for k in keys]}")
 
 
-def signature_status(header: bytes, signer: bytes, signature: bytes) -> str:
-    """For display: unsigned, or the signer's fingerprint and whether the signature holds."""
+def signature_status(signer: bytes, signature: bytes) -> str:
+    """For display, of a library that loaded (so a signature present was checked)."""
     if not any(signature):
         return "unsigned"
-    try:
-        check_signature(header, signer, signature, [_public_from_raw(signer)], "library")
-    except VerificationError:
-        return f"signed by {fingerprint(signer)}: signature INVALID (altered after signing)"
     return f"signed by {fingerprint(signer)} (signature valid; trust depends on the key)"
-
-
-def _public_from_raw(raw: bytes):
-    _, ed25519 = _crypto()
-    return ed25519.Ed25519PublicKey.from_public_bytes(raw)
 
 
 def verify(path: str | os.PathLike, trusted_keys: Iterable[KeyLike] | KeyLike) -> str:

@@ -37,7 +37,16 @@ from .registry import (
 
 GEMM_MIN_CHANNELS = 8  # output channels per group from which conv takes the im2col kernel
 ACC_BYTES = 32 * 1024  # im2col conv: accumulator tile (output channels x positions)
-PART_MIN_CHANNELS = 8  # im2col conv: fewest output channels of a part of a group (threads)
+# im2col conv, for threads: fewest output channels and multiply-adds of a kernel whose groups
+# are cut in parts (each part fills the im2col tile again: below, 2 threads were slower than
+# 1); groups with fewer than TILE_SPLIT_CHANNELS, whose fill outweighs their product, rather
+# get narrower tiles (down to TILE_MIN_SPLIT positions: up to 12% slower at 1 thread,
+# measured) until there are TILE_SPLIT_TRIPS.
+PART_MIN_CHANNELS = 8
+PART_MIN_WORK = 1 << 18
+TILE_SPLIT_CHANNELS = 32
+TILE_SPLIT_TRIPS = 4
+TILE_MIN_SPLIT = 64
 COL_BYTES = 16 * 1024  # im2col conv: input tile (reduction rows x positions)
 ROW_TILE = 256  # row kernel: output elements of one row kept in the accumulator at a time
 CHANNEL_BLOCKS = (4, 2, 1)  # row kernel: output channels computed together (first divisor)
@@ -180,10 +189,15 @@ def _row_kernel(ctx: KernelContext, transposed: bool) -> str:
         + _nest([("n", g["N"]), ("g", g["G"])], blocks)
 
 
-def _gemm_tiles(mg: int, r: int, positions: int, itemsize: int) -> tuple[int, int]:
+def _gemm_tiles(mg: int, r: int, positions: int, itemsize: int, images: int,
+                work: int) -> tuple[int, int]:
     """(P, RC): output positions per tile and reduction rows per im2col chunk. The accumulator
-    (channels x P) fits ACC_BYTES; tiles are as even as multiples of 8 allow."""
+    (channels x P) fits ACC_BYTES. Tiles are as even as multiples of 8 allow, and narrower
+    (down to TILE_MIN_SPLIT) for a kernel worth threads with few tiles and few channels."""
     p = max(8, min(256, ACC_BYTES // (mg * itemsize) // 8 * 8))
+    if worth_threads(work, 2) and mg < TILE_SPLIT_CHANNELS:
+        while images * -(-positions // p) < TILE_SPLIT_TRIPS and p >= 2 * TILE_MIN_SPLIT:
+            p = p // 2 // 8 * 8
     p = -(-positions // -(-positions // p))
     p += -p % 8
     rc = COL_BYTES // (p * itemsize)
@@ -200,7 +214,7 @@ def _tile_loops(x: tuple[int, ...], group: int, positions: int, tile: int, body:
     loops = (f"for (int64_t n = 0; n < {x[0]}; ++n)\nfor (int64_t g = 0; g < {group}; ++g)\n"
              f"for (int64_t p0 = 0; p0 < {positions}; p0 += {tile})")
     max_parts = mg // PART_MIN_CHANNELS
-    if max_parts < 2 or not worth_threads(work, 2):
+    if max_parts < 2 or work < PART_MIN_WORK:
         return (parallel_for(work, tiles, collapse=3)
                 + f"{loops} {{\nconst int64_t m0 = 0, mn = {mg};\n{_indent(body)}\n}}")
     part = ("for (int64_t part = 0; part < parts; ++part) {\n"
@@ -228,7 +242,8 @@ def _im2col_conv(ctx: KernelContext) -> str:
     k_size, positions = math.prod(K), math.prod(O)
     r_size = cg * k_size
     work = x[0] * y[1] * positions * r_size
-    tile, chunk = _gemm_tiles(mg, r_size, positions, ctx.in_types[0].itemsize)
+    tile, chunk = _gemm_tiles(mg, r_size, positions, ctx.in_types[0].itemsize,
+                              x[0] * group, work)
     o_st, k_st = strides(O), strides(K)
 
     starts = "\n".join(f"ib{j}[p] = ((o / {o_st[j]}) % {O[j]}) * {a['strides'][j]} - "
