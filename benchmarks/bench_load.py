@@ -3,9 +3,10 @@
     python benchmarks/bench_load.py [--mb 100] [--repeat 5]
 
 kiln maps the weights in place, so loading costs the checks, not reading the file: shown
-with verify="header" (digests of header, manifest and code) and verify="full" (also hashes
-every weight). Each load runs in a fresh process so the OS page cache is the only warm
-state, as for a service that starts up; onnxruntime gets the same treatment.
+with verify="header" (digests of header, manifest and code), verify="full" (also hashes
+every weight with BLAKE3) and trusted_keys (full, plus the Ed25519 signature). Each load
+runs in a fresh process, so the OS page cache is the only warm state, as for a service that
+starts up; onnxruntime gets the same treatment.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import sys, time
 t = time.perf_counter()
 import kiln
 t0 = time.perf_counter()
-lib = kiln.load_module(sys.argv[1], verify=sys.argv[2])
+keys = [sys.argv[3]] if len(sys.argv) > 3 else None
+lib = kiln.load_module(sys.argv[1], verify=sys.argv[2], trusted_keys=keys)
 ex = lib["default"](kiln.cpu(0))
 print(time.perf_counter() - t0)
 """
@@ -81,6 +83,9 @@ def main() -> None:
         size = Path(lib_path).stat().st_size / 1e6
         header = _fresh(LOAD_KILN, lib_path, "header", repeat=args.repeat)
         full = _fresh(LOAD_KILN, lib_path, "full", repeat=args.repeat)
+        kiln.keygen(Path(tmp) / "k.pem", Path(tmp) / "k.pub")
+        kiln.sign(lib_path, Path(tmp) / "k.pem")
+        signed = _fresh(LOAD_KILN, lib_path, "full", str(Path(tmp) / "k.pub"), repeat=args.repeat)
         ort = _fresh(LOAD_ORT, str(onnx_path), repeat=args.repeat)
     print(f"library {size:.1f} MB (ONNX file {onnx_path.name}), median of {args.repeat} fresh "
           "processes, load + executor creation:")
@@ -88,6 +93,8 @@ def main() -> None:
           f"({ort / header:.1f}x faster than onnxruntime)")
     print(f"  kiln load_module(verify='full'):   {full * 1e3:8.2f} ms  "
           f"({ort / full:.1f}x faster than onnxruntime)")
+    print(f"  kiln load_module(trusted_keys=...): {signed * 1e3:7.2f} ms  "
+          f"({ort / signed:.1f}x faster than onnxruntime)")
     print(f"  onnxruntime InferenceSession:      {ort * 1e3:8.2f} ms")
 
 
