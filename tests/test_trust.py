@@ -220,3 +220,39 @@ def test_any_change_to_a_library_is_refused(data):
         return
     with pytest.raises(kiln.KilnError):
         loader.inspect_file(bytes(buf)).release()
+
+
+def _forge_manifest(path: Path, old: bytes, new: bytes) -> None:
+    """Replace bytes of the manifest JSON (same length) and re-seal every digest."""
+    from tests.util import reseal_library
+
+    assert len(old) == len(new)
+
+    def edit(blob: bytearray, layout) -> None:
+        start, end = layout.manifest_offset, layout.manifest_offset + layout.manifest_size
+        text = bytes(blob[start:end])
+        assert old in text
+        blob[start:end] = text.replace(old, new, 1)
+
+    reseal_library(path, edit)
+
+
+def test_missing_cpu_features_are_refused_before_loading(built, tmp_path, no_dlopen):
+    path = Path(built[0].export_library(tmp_path / "f.so"))
+    _forge_manifest(path, b'"fma"', b'"fmz"')  # a feature no machine reports
+    with pytest.raises(kiln.CompatibilityError, match="lacks: fmz"):
+        kiln.load_module(path)
+    assert no_dlopen == []
+
+
+def test_foreign_architecture_is_refused_before_loading(built, tmp_path, no_dlopen):
+    path = Path(built[0].export_library(tmp_path / "a.so"))
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<H", data, 18, 183)  # e_machine: aarch64
+    path.write_bytes(bytes(data))
+    from tests.util import reseal_library
+
+    reseal_library(path, lambda blob, layout: None)  # the code digest now matches again
+    with pytest.raises(kiln.CompatibilityError, match="aarch64 code"):
+        kiln.load_module(path)
+    assert no_dlopen == []

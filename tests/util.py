@@ -1,11 +1,14 @@
-"""Test helpers: build ONNX models, compile them with kiln and compare with onnxruntime."""
+"""Test helpers: build ONNX models, compile them with kiln and compare with onnxruntime;
+forge library files (reseal_library)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,9 @@ from numpy.typing import DTypeLike
 from onnx import helper, numpy_helper
 
 import kiln
+from kiln.runtime.blob import CODE_DIGEST_OFFSET, HEADER, code_digest, write_blob
+from kiln.runtime.elf import read_elf
+from kiln.runtime.library import SECTION
 
 
 def single_node_model(op_type: str, inputs: Mapping[str, np.ndarray], *,
@@ -162,3 +168,64 @@ def run_in_fresh_process(library: Path, inputs: dict[str, np.ndarray],
     with np.load(work / "outputs.npz") as out:
         outputs = [out[f"arr_{k}"] for k in range(len(out.files))]
     return outputs, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@dataclass(frozen=True)
+class BlobLayout:
+    """Where the parts of a library's blob lie (offsets from the blob's first byte), and its
+    manifest, as they were before an edit."""
+
+    header_size: int
+    manifest_offset: int
+    manifest_size: int
+    weights_offset: int
+    weights_size: int
+    manifest: dict
+
+    @property
+    def fields(self) -> tuple[int, int, int, int, int]:
+        """The header's size and offset fields, in header order."""
+        return (self.header_size, self.manifest_offset, self.manifest_size,
+                self.weights_offset, self.weights_size)
+
+    def region(self, index: int) -> slice:
+        """The blob bytes of weight region `index` (a param's or a self-test array's)."""
+        r = self.manifest["weights"][index]
+        start = self.weights_offset + r["offset"]
+        return slice(start, start + r["nbytes"])
+
+
+def reseal_library(path: str | Path, edit: Callable[[bytearray, BlobLayout], None]) -> None:
+    """Forge the library at path: edit(blob, layout) changes its blob in place, then every
+    digest kiln checks is made to match again, so the file loads and only a check of its
+    content (a self-test, a result) can tell.
+
+    The blob must keep its length and layout: edit weight bytes freely, and the manifest only
+    into JSON of the same byte length (e.g. "float32" -> "float64"). kiln's own writer
+    (write_blob) then re-makes the blob from the edited manifest and weight regions (region
+    digests, manifest and weights digests), and the code digest is re-sealed as export does,
+    so this follows any change of digest rules. Header fields and padding come out as the
+    writer makes them; a signature is dropped (the forged file is unsigned).
+    """
+    data = bytearray(Path(path).read_bytes())
+    section = read_elf(memoryview(bytes(data)), str(path)).sections[SECTION]
+    start, end = section.offset, section.offset + section.size
+    blob = bytearray(data[start:end])
+    hsize, m_off, m_size, w_off, w_size = HEADER.unpack_from(blob, 0)[3:8]
+    layout = BlobLayout(hsize, m_off, m_size, w_off, w_size,
+                        json.loads(bytes(blob[m_off:m_off + m_size])))
+    edit(blob, layout)
+    if len(blob) != section.size:
+        raise ValueError(f"the edit changed the blob's length ({section.size} -> {len(blob)})")
+    manifest = json.loads(bytes(blob[m_off:m_off + m_size]))
+    arrays = [np.frombuffer(bytes(blob[w_off + r["offset"]:w_off + r["offset"] + r["nbytes"]]),
+                            dtype=np.uint8) for r in manifest.pop("weights")]
+    sealed = write_blob(manifest, arrays)
+    if len(sealed) != len(blob) or HEADER.unpack_from(sealed, 0)[3:8] != layout.fields:
+        raise ValueError("the edit changed the manifest's length: keep its JSON the same size")
+    data[start:end] = sealed
+    seal = code_digest(bytes(data), start, section.size)
+    data[start + CODE_DIGEST_OFFSET:start + CODE_DIGEST_OFFSET + 32] = seal
+    forged = Path(f"{path}.forged")  # replaced, not rewritten: mappings of it stay intact
+    forged.write_bytes(bytes(data))
+    os.replace(forged, path)

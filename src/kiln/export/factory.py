@@ -37,7 +37,7 @@ from ..runtime.device import cpu
 from ..runtime.elf import read_elf
 from ..runtime.library import SECTION, Library, load_module
 from ..runtime.params import save_params
-from ..runtime.selftest import check_test_inputs, vector_entry
+from ..runtime.selftest import TestInputs, check_test_inputs, vector_entry
 from .pack import compress
 
 # One self-test vector as export computes it: the input set and the (name, output) pairs.
@@ -107,7 +107,7 @@ class FactoryModule:
         return objects
 
     def export_library(self, path: str | os.PathLike, *, package_params: bool = True,
-                       test_inputs: Any = None) -> str:
+                       test_inputs: TestInputs | None = None) -> str:
         """Write the library to path by suffix (.so, .so.zst, .tar, or a directory); returns it.
 
         Atomic: a failed export leaves nothing at path. With package_params=False the
@@ -136,7 +136,7 @@ class FactoryModule:
             atomic_write(out, self._link(blob))
         return str(out)
 
-    def _vectors(self, test_inputs: Any) -> dict[str, list[VectorData]]:
+    def _vectors(self, test_inputs: TestInputs) -> dict[str, list[VectorData]]:
         """test_inputs checked, and each set run on this factory: {model: [(inputs, outputs)]}."""
         specs = {name: m.spec for name, m in self.compiled.items()}
         vectors: dict[str, list[VectorData]] = {}

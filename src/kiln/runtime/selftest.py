@@ -32,7 +32,9 @@ if TYPE_CHECKING:
 RTOL = 1e-5
 ATOL = 1e-6
 
+# One model's: an input set {input name: array} or a list of them; several: {model: those}.
 TestInputs = Mapping[str, Any] | Sequence[Mapping[str, Any]]
+InputSets = dict[str, list[dict[str, np.ndarray]]]  # model -> checked input sets
 
 
 # --- writer side: checking test_inputs and describing a vector --------------------------------
@@ -71,8 +73,7 @@ def _check_input_set(feeds: Any, spec: dict[str, Any], where: str) -> dict[str, 
     return arrays
 
 
-def check_test_inputs(test_inputs: Any,
-                      specs: Mapping[str, dict[str, Any]]) -> dict[str, list[dict[str, np.ndarray]]]:
+def check_test_inputs(test_inputs: TestInputs, specs: Mapping[str, dict[str, Any]]) -> InputSets:
     """test_inputs checked against the models' manifest entries: {model: [input set, ...]}.
 
     One model: an input set {input name: array} or a list of them. Several models: {model

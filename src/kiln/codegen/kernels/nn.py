@@ -37,6 +37,11 @@ from .registry import (
 
 GEMM_MIN_CHANNELS = 8  # output channels per group from which conv takes the im2col kernel
 ACC_BYTES = 32 * 1024  # im2col conv: accumulator tile (output channels x positions)
+COL_BYTES = 16 * 1024  # im2col conv: input tile (reduction rows x positions)
+ROW_TILE = 256  # row kernel: output elements of one row kept in the accumulator at a time
+CHANNEL_BLOCKS = (4, 2, 1)  # row kernel: output channels computed together (first divisor)
+PLANE_BYTES = 256 * 1024  # depthwise conv, pools: largest padded plane copied to the stack
+LANES = 8  # normalizations: partial sums of a reduction
 # im2col conv, for threads: fewest output channels and multiply-adds of a kernel whose groups
 # are cut in parts (each part fills the im2col tile again: below, 2 threads were slower than
 # 1); groups with fewer than TILE_SPLIT_CHANNELS, whose fill outweighs their product, rather
@@ -47,11 +52,6 @@ PART_MIN_WORK = 1 << 18
 TILE_SPLIT_CHANNELS = 32
 TILE_SPLIT_TRIPS = 4
 TILE_MIN_SPLIT = 64
-COL_BYTES = 16 * 1024  # im2col conv: input tile (reduction rows x positions)
-ROW_TILE = 256  # row kernel: output elements of one row kept in the accumulator at a time
-CHANNEL_BLOCKS = (4, 2, 1)  # row kernel: output channels computed together (first divisor)
-PLANE_BYTES = 256 * 1024  # depthwise conv, pools: largest padded plane copied to the stack
-LANES = 8  # normalizations: partial sums of a reduction
 
 
 def _for(var: str, count: int | str, body: str, *, start: int | str = 0) -> str:
