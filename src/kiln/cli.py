@@ -12,6 +12,7 @@ import click
 import numpy as np
 
 from .errors import KilnError
+from .text import size_text
 
 
 def _parse_shape(spec: str) -> tuple[str, tuple[int, ...]]:
@@ -23,15 +24,6 @@ def _parse_shape(spec: str) -> tuple[str, tuple[int, ...]]:
     except ValueError:
         raise click.BadParameter(f"'{spec}': expected NAME:DIMxDIM..., e.g. x:1x3x224x224") \
             from None
-
-
-def _size(n: int) -> str:
-    """Bytes for people: 812 B, 1.5 KiB, 23.4 MiB."""
-    for unit in ("B", "KiB", "MiB"):
-        if n < 1024 or unit == "MiB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
 
 
 SELFTEST_SEED = 0  # `kiln compile --selftest` embeds what `kiln run` feeds by default
@@ -93,7 +85,7 @@ def compile_cmd(model, inputs, dtypes, output, executor, params_out, mcpu, cc,
         click.echo(lib.ir())
     spec = lib.compiled["default"].spec
     click.echo(f"wrote {path}: {len(spec['kernels'])} kernels, "
-               f"{_size(Path(path).stat().st_size)}, "
+               f"{size_text(Path(path).stat().st_size)}, "
                f"{time.perf_counter() - start:.2f} s"
                f"{', 1 self-test vector' if selftest else ''}")
 
@@ -234,16 +226,16 @@ def inspect_cmd(library, as_json) -> None:
     t = info["target"]
     console.print(f"[bold]{info['path']}[/]  kiln {info['kiln_version']}, format "
                   f"{info['format_version']}, {t['triple']} ({', '.join(t['features']) or '-'})")
-    size = f"{_size(info['file_bytes'])}"
+    size = f"{size_text(info['file_bytes'])}"
     if info["packed_bytes"]:
-        size += f", {_size(info['packed_bytes'])} compressed " \
+        size += f", {size_text(info['packed_bytes'])} compressed " \
                 f"({100 * info['packed_bytes'] / info['file_bytes']:.0f}%)"
     console.print(f"size {size}; {info['signature']}; all digests verified")
     for name, m in info["models"].items():
         console.print(f"\n[bold]model {name}[/] ({m['executor']} executor): {m['kernels']} "
-                      f"kernels, {m['params']} params ({_size(m['param_bytes'])}), memory "
-                      f"plan peak {_size(m['memory_peak_bytes'])} "
-                      f"(without reuse {_size(m['memory_unplanned_bytes'])})")
+                      f"kernels, {m['params']} params ({size_text(m['param_bytes'])}), memory "
+                      f"plan peak {size_text(m['memory_peak_bytes'])} "
+                      f"(without reuse {size_text(m['memory_unplanned_bytes'])})")
         table = Table("", "name", "shape", "dtype")
         for kind in ("inputs", "outputs"):
             for e in m[kind]:
@@ -352,7 +344,52 @@ def pack_cmd(library, output) -> None:
     except KilnError as e:
         _fail(e)
     raw, packed = Path(library).stat().st_size, Path(out).stat().st_size
-    click.echo(f"wrote {out}: {_size(packed)} ({100 * packed / raw:.0f}% of {_size(raw)})")
+    click.echo(f"wrote {out}: {size_text(packed)} ({100 * packed / raw:.0f}% of {size_text(raw)})")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write text to path via a temporary file in the same folder and a rename."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@main.command("viz")
+@click.argument("library", type=click.Path(exists=True))
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+              metavar="OUT.html", help="the HTML page to write")
+def viz_cmd(library, output) -> None:
+    """Write one self-contained HTML page of LIBRARY: each model's compiled graph (kernels,
+    weights) and memory plan. Reads the manifest only; never loads the library's code."""
+    from .runtime.library import inspect_file
+    from .viz import render_html
+
+    try:
+        checked = inspect_file(library, verify="header", compat=False)
+    except KilnError as e:
+        _fail(e)
+    try:
+        page = render_html(checked.blob.manifest, Path(library).name)
+    finally:
+        checked.release()
+    try:
+        _write_atomic(Path(output), page)
+    except OSError as e:
+        click.echo(f"error: cannot write {output}: {e.strerror or e}", err=True)
+        sys.exit(1)
+    models = checked.blob.manifest["models"]
+    click.echo(f"wrote {output}: {len(models)} model(s), "
+               f"{sum(len(m['kernels']) for m in models.values())} kernels, "
+               f"{size_text(len(page.encode()))}")
 
 
 if __name__ == "__main__":

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from collections import Counter
 
+from ..text import size_text
 from .assets import CSP, CSS, JS, ONERROR
 from .draw import buffer_links, esc, graph_links, graph_svg, memory_svg
-from .graph import layout, param_bytes, read_graph, size_text, tensor_text
+from .graph import layout, param_bytes, read_graph, tensor_text
 
 __all__ = ["render_html"]
+
+WIDE_GRAPH = 840  # px; a graph wider than this gets the page's full width
 
 
 def _tensor_list(tensors: list[dict]) -> str:
@@ -49,10 +52,11 @@ def _model_section(m: int, name: str, spec: dict, regions: list[dict]) -> str:
     links = graph_links(graph)
     buffer_links(spec, links)
     n_buffers = len(spec.get("memory", {}).get("buffers", []))
+    wide = " wide" if graph.width > WIDE_GRAPH else ""  # then the plan goes above the graph
     return (f'<section class="model" data-model="{esc(name)}" '
             f'data-kernels="{len(spec["kernels"])}" data-buffers="{n_buffers}">'
             f"<h2>model <code>{esc(name)}</code></h2>{_facts(spec, regions)}"
-            '<div class="panes"><div class="pane"><h3>Graph as compiled</h3>'
+            f'<div class="panes{wide}"><div class="pane"><h3>Graph as compiled</h3>'
             '<p class="hint">one box per kernel (its fused ops), its weights inside; hover '
             f'for details</p><div class="scroll">{graph_svg(graph, links, m)}</div></div>'
             '<div class="pane mem"><h3>Memory plan</h3><p class="hint">x: kernel step, y: '

@@ -20,6 +20,8 @@ font-size:11px}
 .panes{display:flex;gap:24px;align-items:flex-start}
 .pane{flex:0 1 auto;min-width:0}
 .pane.mem{flex:1 0 460px;max-width:760px;position:sticky;top:8px}
+.panes.wide{flex-direction:column}.wide .pane{flex:none;max-width:100%}
+.wide .pane.mem{order:-1;position:static;width:100%}
 @media (max-width:1000px){.panes{flex-wrap:wrap}.pane.mem{position:static}}
 .scroll{overflow:auto;max-width:100%}
 svg text{font-size:11px;fill:#1d2330}
@@ -33,7 +35,7 @@ text.shape{fill:#3b4350}text.weight{fill:#8a5d00;font-size:10.5px}
 .edge .line{fill:none;stroke:#97a0ad;stroke-width:1.3}
 .edge .hit{fill:none;stroke:transparent;stroke-width:9}
 marker path{fill:#97a0ad}
-svg.memory{width:100%;height:auto;display:block}
+svg.memory{width:100%;max-width:640px;height:auto;display:block}
 .plot{fill:#fbfcfd;stroke:#dde1e7}.grid{stroke:#e9ecf1}
 text.axis{fill:#6b7380;font-size:10px}
 .buf{fill:hsl(var(--h),62%,74%);stroke:hsl(var(--h),45%,38%);stroke-width:.6}

@@ -9,7 +9,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from .graph import LINE_H, PAD, Graph, Node, arena_span, size_text
+from ..text import size_text
+from .graph import LINE_H, PAD, Graph, Node, arena_span
 
 MEM_W, MEM_H, MEM_LEFT, MEM_RIGHT, MEM_BOTTOM, MEM_TOP = 520, 330, 62, 10, 34, 8
 X_TICKS = 10
@@ -63,7 +64,7 @@ def buffer_links(spec: dict, links: Links) -> None:
 
 
 def _path(points: list[tuple[float, float]]) -> str:
-    """Straight down a bend's lane; a smooth S-curve between layers."""
+    """Straight down a lane; a smooth S-curve between layers."""
     (x, y), d = points[0], [f"M{points[0][0]:.1f},{points[0][1]:.1f}"]
     for nx, ny in points[1:]:
         if abs(nx - x) < 0.5:
@@ -132,7 +133,8 @@ def _memory_axes(top: int, n: int, x, y) -> list[str]:
                    f'y="{off + 4:.1f}">{esc(size_text(top * q / 4))}</text>')
     stride = max(1, -(-n // X_TICKS))
     cw = x(0) - x(-1)
-    for step in [-1, *range(0, n, stride), n]:
+    steps = [s for s in range(0, n, stride) if x(s) - x(-1) > 20 and x(n) - x(s) > 24]
+    for step in [-1, *steps, n]:
         label = "in" if step < 0 else "out" if step >= n else str(step)
         out.append(f'<text class="axis" text-anchor="middle" x="{x(step) + cw / 2:.1f}" '
                    f'y="{MEM_TOP + plot_h + 15}">{label}</text>')

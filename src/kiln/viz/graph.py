@@ -4,7 +4,7 @@ Nodes are the model inputs, the kernels (in execution order) and the model outpu
 joins the node that produced a tensor to each kernel or output that reads it; a tensor with
 no producer by name (a view such as a reshape, which has no kernel) is traced to whoever
 last wrote its arena bytes. Layout: layer = longest path from the inputs; within a layer,
-first appearance; long edges run down shared vertical lanes (one bend node per layer).
+first appearance; an edge spanning layers runs down a vertical lane beside the boxes.
 """
 
 from __future__ import annotations
@@ -12,28 +12,21 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass, field
-from itertools import pairwise
 from typing import Any
 
 import numpy as np
 
-BOX_W, H_GAP, V_GAP, LINE_H, PAD = 216, 18, 40, 15, 8
+from ..text import size_text
+
+BOX_W, H_GAP, V_GAP, LINE_H, PAD, LANE_GAP = 216, 18, 40, 15, 8, 12
 MAX_WEIGHT_ROWS = 3
 PLACEMENT_PASSES = 6
-# The IR printer's short dtype names (kiln.ir.types.DTYPE_SHORT), back to NumPy names.
+# The IR printer's short dtype names back to NumPy names: kiln.ir.types.DTYPE_SHORT inverted
+# (a test keeps them equal; the viz reads manifests and imports nothing of the compiler).
 _DTYPES = {"f32": "float32", "f64": "float64", "f16": "float16", "i8": "int8", "i16": "int16",
            "i32": "int32", "i64": "int64", "u8": "uint8", "u16": "uint16", "u32": "uint32",
            "u64": "uint64", "bool": "bool"}
 _IR_TYPE = re.compile(r"(\w+)\[[\d,]*\]")
-
-
-def size_text(n: float) -> str:
-    """Bytes for people: 812 B, 1.5 KiB, 23.4 MiB."""
-    for unit in ("B", "KiB", "MiB"):
-        if n < 1024 or unit == "MiB":
-            return f"{int(n)} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
 
 
 def tensor_text(dtype: str, shape: list) -> str:
@@ -58,8 +51,8 @@ def arena_span(loc: Any) -> tuple[int, int] | None:
 
 @dataclass
 class Node:
-    id: str  # i<n> (model input), k<n> (kernel), o<n> (model output), d<n> (bend)
-    kind: str  # input, kernel, output, bend
+    id: str  # i<n> (model input), k<n> (kernel), o<n> (model output)
+    kind: str  # input, kernel, output
     order: int  # first appearance: inputs, then kernels, then outputs
     lines: list[str] = field(default_factory=list)
     tip: str = ""
@@ -127,7 +120,8 @@ class _Producers:
         self.writers: list[tuple[str, int, int]] = []
 
     def wrote(self, node_id: str, name: str, loc: Any) -> None:
-        self.by_name[name] = node_id
+        if name:
+            self.by_name[name] = node_id
         if span := arena_span(loc):
             self.writers.append((node_id, *span))
 
@@ -165,12 +159,27 @@ def _tensor_node(node_id: str, kind: str, t: dict) -> Node:
     return Node(node_id, kind, 0, [kind, t["name"], text], f"model {kind} {t['name']}\n{text}")
 
 
+def _kernel_io(kern: dict) -> tuple[list[str], list[str], list[Any]]:
+    """A kernel's input and output tensor names and its arg locations (inputs first). Without
+    the names (older manifests), a weight is named by its location and the rest stay unnamed,
+    to be traced by arena bytes; the outputs are the last len(shapes) args."""
+    args = list(kern.get("args", []))
+    if "inputs" in kern and "outputs" in kern:
+        ins, outs = list(kern["inputs"]), list(kern["outputs"])
+    else:
+        n_out = min(len(kern.get("shapes", [])), len(args))
+        ins = [a.get("param", "") if isinstance(a, dict) else "" for a in args[:len(args) - n_out]]
+        outs = [""] * n_out
+    return ins, outs, args + [None] * (len(ins) + len(outs) - len(args))
+
+
 def read_graph(spec: dict, regions: list[dict]) -> Graph:
     """The nodes (inputs, kernels, outputs) of a manifest model entry and the edges between."""
     params = {p["name"]: p for p in spec.get("params", [])}
     dtypes = {**_ir_dtypes(spec.get("ir", "")),
               **{t["name"]: t["dtype"] for t in spec["inputs"] + spec["outputs"]}}
-    texts = {t["name"]: tensor_text(t["dtype"], t["shape"]) for t in spec["inputs"]}
+    texts = {t["name"]: tensor_text(t["dtype"], t["shape"])
+             for t in spec["inputs"] + spec["outputs"]}
     nodes, edges, producers = {}, [], _Producers()
 
     def add(node: Node) -> None:
@@ -180,17 +189,18 @@ def read_graph(spec: dict, regions: list[dict]) -> Graph:
     def connect(dst: str, name: str, loc: Any) -> None:
         for src in producers.of(name, loc):
             if not any(e.src == src and e.dst == dst for e in edges):
-                edges.append(Edge(src, dst, f"tensor {name}\n{texts.get(name, '(a view)')}"))
+                text = texts.get(name, "(a view)") if name else "(unnamed)"
+                edges.append(Edge(src, dst, f"tensor {name}\n{text}"))
 
     for i, t in enumerate(spec["inputs"]):
         add(_tensor_node(f"i{i}", "input", t))
         producers.wrote(f"i{i}", t["name"], t.get("loc"))
     for k, kern in enumerate(spec["kernels"]):
-        ins, outs, args = kern.get("inputs", []), kern.get("outputs", []), kern.get("args", [])
-        args = args + [None] * (len(ins) + len(outs) - len(args))
+        ins, outs, args = _kernel_io(kern)
         weights = [(params[n], param_bytes(params[n], regions)) for n in ins if n in params]
-        out_texts = [tensor_text(dtypes.get(n, "?"), s)
-                     for n, s in zip(outs, kern.get("shapes", []), strict=False)]
+        shapes = kern.get("shapes", [])
+        out_texts = [tensor_text(dtypes.get(n, "?"), shapes[j]) if j < len(shapes) else "?"
+                     for j, n in enumerate(outs)]
         add(_kernel_node(k, kern, out_texts, weights))
         for name, loc in zip(ins, args, strict=False):
             if name not in params:
@@ -220,22 +230,6 @@ def _assign_layers(g: Graph) -> None:
             node.layer = bottom
 
 
-def _chains(g: Graph) -> tuple[dict[tuple[str, int], Node], list[list[Node]]]:
-    """Bend nodes (one per source and layer passed, shared by its long edges), and each
-    edge as the chain of nodes it passes through."""
-    bends: dict[tuple[str, int], Node] = {}
-    chains = []
-    for e in g.edges:
-        src, dst = g.nodes[e.src], g.nodes[e.dst]
-        chain = [src]
-        for layer in range(src.layer + 1, dst.layer):
-            if (e.src, layer) not in bends:
-                bends[e.src, layer] = Node(f"d{len(bends)}", "bend", src.order, layer=layer, w=0)
-            chain.append(bends[e.src, layer])
-        chains.append([*chain, dst])
-    return bends, chains
-
-
 def _fit(row: list[Node], want: list[float]) -> None:
     """Move a layer's nodes as near their wanted x as the order and gaps allow (the mean of
     packing from the left and from the right: both keep the gaps, so their mean does)."""
@@ -248,78 +242,85 @@ def _fit(row: list[Node], want: list[float]) -> None:
         node.x = (a + b) / 2
 
 
-def _merge(row: list[Node], want: list[float]) -> tuple[list[Node], list[float]]:
-    """Reorder a layer: boxes keep their order (first appearance); each bend goes where its
-    edge wants to pass, so lanes cross as few boxes as they can."""
-    boxes = [(n, w) for n, w in zip(row, want, strict=True) if n.kind != "bend"]
-    bends = sorted(((n, w) for n, w in zip(row, want, strict=True) if n.kind == "bend"),
-                   key=lambda nw: nw[1])
-    merged = []
-    while boxes or bends:
-        take_bend = bends and (not boxes or bends[0][1] < boxes[0][1] + boxes[0][0].w / 2)
-        merged.append((bends if take_bend else boxes).pop(0))
-    return [n for n, _ in merged], [w for _, w in merged]
-
-
-def _place(rows: list[list[Node]], chains: list[list[Node]]) -> None:
-    """x: start packed, then pull each node toward the centre of its neighbours in the layer
-    above (down passes) or below (up passes); the last pass uses both."""
+def _place(rows: list[list[Node]], edges: list[tuple[Node, Node]]) -> None:
+    """x: start packed, then pull each node toward the centre of its neighbours in earlier
+    layers (down passes) or later ones (up passes); the last pass uses both."""
     up: dict[str, list[Node]] = {}
     down: dict[str, list[Node]] = {}
-    for chain in chains:
-        for a, b in pairwise(chain):
-            up.setdefault(b.id, []).append(a)
-            down.setdefault(a.id, []).append(b)
+    for a, b in edges:
+        up.setdefault(b.id, []).append(a)
+        down.setdefault(a.id, []).append(b)
     for row in rows:
         _fit(row, [i * (BOX_W + H_GAP) for i in range(len(row))])
     for p in range(PLACEMENT_PASSES + 1):
         last = p == PLACEMENT_PASSES
-        for r in (range(len(rows)) if p % 2 == 0 else reversed(range(len(rows)))):
+        for row in (rows if p % 2 == 0 else rows[::-1]):
             want = []
-            for node in rows[r]:
+            for node in row:
                 near = up.get(node.id, []) + down.get(node.id, []) if last else \
                     (up if p % 2 == 0 else down).get(node.id, [])
                 centre = sum(n.x + n.w / 2 for n in near) / len(near) if near else None
                 want.append(node.x if centre is None else centre - node.w / 2)
-            rows[r], want = _merge(rows[r], want)
-            _fit(rows[r], want)
+            _fit(row, want)
+
+
+def _lanes(g: Graph, rows: list[list[Node]]) -> dict[str, float]:
+    """x of the vertical lane each source's long edges (spanning layers) run down: right of
+    the boxes they pass, apart from lanes beside them; shorter spans nearer the boxes."""
+    spans: dict[str, tuple[int, int]] = {}
+    for e in g.edges:
+        lo, hi = g.nodes[e.src].layer, g.nodes[e.dst].layer
+        if hi - lo > 1:
+            spans[e.src] = (lo, max(hi, spans.get(e.src, (lo, hi))[1]))
+    placed: list[tuple[int, int, float]] = []
+    lanes = {}
+    for src, (lo, hi) in sorted(spans.items(), key=lambda kv: (kv[1][1] - kv[1][0], kv[1])):
+        x = max(n.x + n.w for row in rows[lo + 1:hi] for n in row) + H_GAP
+        while any(plo < hi and lo < phi and abs(px - x) < LANE_GAP for plo, phi, px in placed):
+            x += LANE_GAP
+        placed.append((lo, hi, x))
+        lanes[src] = x
+    return lanes
 
 
 def layout(g: Graph) -> None:
     """Place the nodes top to bottom by layer, route the edges, set the drawing's size."""
+    if not g.nodes:
+        return
     _assign_layers(g)
-    bends, chains = _chains(g)
     layers: dict[int, list[Node]] = {}
-    for node in [*g.nodes.values(), *bends.values()]:
+    for node in g.nodes.values():
         node.h = PAD * 2 + LINE_H * len(node.lines)
         layers.setdefault(node.layer, []).append(node)
-    rows = [sorted(layers[k], key=lambda n: (n.order, n.kind != "bend")) for k in sorted(layers)]
-    _place(rows, chains)
-    shift = H_GAP - min(n.x for row in rows for n in row)
+    rows = [sorted(layers.get(k, []), key=lambda n: n.order) for k in range(max(layers) + 1)]
+    _place([row for row in rows if row], [(g.nodes[e.src], g.nodes[e.dst]) for e in g.edges])
+    shift = H_GAP - min(n.x for n in g.nodes.values())
     y = V_GAP / 2
     for row in rows:
-        height = max(n.h for n in row)
         for node in row:
             node.x += shift
-            node.y, node.h = y, node.h if node.kind != "bend" else height
-        y += height + V_GAP
-    g.width = max(n.x + n.w for row in rows for n in row) + H_GAP
+            node.y = y
+        y += max((n.h for n in row), default=0) + V_GAP
+    lanes = _lanes(g, rows)
+    g.width = max([n.x + n.w for n in g.nodes.values()] + list(lanes.values())) + H_GAP
     g.height = y - V_GAP / 2
-    _route(g, chains)
+    _route(g, lanes)
 
 
-def _route(g: Graph, chains: list[list[Node]]) -> None:
-    """Each edge leaves its source's bottom, runs down its bends' lanes and enters its
-    target's top; a target's inputs enter side by side, ordered by where they come from."""
-    into: dict[str, list[tuple[Edge, list[Node]]]] = {}
-    for e, chain in zip(g.edges, chains, strict=True):
-        into.setdefault(e.dst, []).append((e, chain))
+def _route(g: Graph, lanes: dict[str, float]) -> None:
+    """An edge leaves its source's bottom and enters its target's top; one spanning layers
+    runs down its source's lane between. A target's inputs enter side by side, ordered by
+    where they come from."""
+    into: dict[str, list[Edge]] = {}
+    for e in g.edges:
+        src, dst = g.nodes[e.src], g.nodes[e.dst]
+        e.points = [(src.x + src.w / 2, src.y + src.h)]
+        if dst.layer - src.layer > 1:
+            x = lanes[e.src]
+            e.points += [(x, src.y + src.h + V_GAP / 2), (x, dst.y - V_GAP / 2)]
+        into.setdefault(e.dst, []).append(e)
     for dst_id, incoming in into.items():
         dst = g.nodes[dst_id]
-        incoming.sort(key=lambda ec: ec[1][-2].x)
-        for j, (e, chain) in enumerate(incoming):
-            src = chain[0]
-            e.points = [(src.x + src.w / 2, src.y + src.h)]
-            for bend in chain[1:-1]:
-                e.points += [(bend.x, bend.y), (bend.x, bend.y + bend.h)]
+        incoming.sort(key=lambda e: e.points[-1][0])
+        for j, e in enumerate(incoming):
             e.points.append((dst.x + dst.w * (j + 1) / (len(incoming) + 1), dst.y))

@@ -45,10 +45,11 @@ ALIGNED = "__attribute__((aligned(64)))"
 
 
 # Kernels with less work than this stay serial. Work counts inner-loop element operations (one
-# vectorized multiply-add, or one element loaded and stored: about 0.2 ns); a parallel
-# region costs 1-2 us, and 2 threads gain from about 16K units (measured on add, conv,
-# matmul, softmax, pools, norms).
-PARALLEL_WORK = 1 << 15
+# vectorized multiply-add, or one element loaded and stored: about 0.2 ns). A parallel
+# region costs 1-2 us: measured on add, conv, matmul, softmax, pools and norms, 2 threads
+# break even at about 16K units, gain 1.2-1.4x at 32K and 1.4-1.6x at 64K; small kernels
+# also lose most when another process holds a core, hence the margin.
+PARALLEL_WORK = 1 << 16
 # Work of one call to a math function (tanhf, erf...) in an element's expression.
 CALL_WORK = 32
 # Work of an element step that does not vectorize: a running sum kept in order, a strided or
