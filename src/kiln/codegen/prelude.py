@@ -1,6 +1,7 @@
 """The C prelude every kernel source starts with: headers and small shared helpers."""
 
 PRELUDE = r"""#include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <string.h>
 #include <float.h>

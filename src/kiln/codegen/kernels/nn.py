@@ -42,16 +42,14 @@ ROW_TILE = 256  # row kernel: output elements of one row kept in the accumulator
 CHANNEL_BLOCKS = (4, 2, 1)  # row kernel: output channels computed together (first divisor)
 PLANE_BYTES = 256 * 1024  # depthwise conv, pools: largest padded plane copied to the stack
 LANES = 8  # normalizations: partial sums of a reduction
-# im2col conv, for threads: fewest output channels and multiply-adds of a kernel whose groups
-# are cut in parts (each part fills the im2col tile again: below, 2 threads were slower than
-# 1); groups with fewer than TILE_SPLIT_CHANNELS, whose fill outweighs their product, rather
-# get narrower tiles (down to TILE_MIN_SPLIT positions: up to 12% slower at 1 thread,
-# measured) until there are TILE_SPLIT_TRIPS.
+# im2col conv, for threads: a kernel worth threads gets narrower tiles (down to TILE_MIN_SPLIT
+# positions) until it has TILE_SPLIT_TRIPS; then, with fewer tiles than threads, its groups
+# are cut in parts of at least PART_MIN_CHANNELS output channels, if it has PART_MIN_WORK
+# multiply-adds (each part fills the im2col tile again: below, 2 threads were slower than 1).
+TILE_MIN_SPLIT = 64
+TILE_SPLIT_TRIPS = 2
 PART_MIN_CHANNELS = 8
 PART_MIN_WORK = 1 << 18
-TILE_SPLIT_CHANNELS = 32
-TILE_SPLIT_TRIPS = 4
-TILE_MIN_SPLIT = 64
 
 
 def _for(var: str, count: int | str, body: str, *, start: int | str = 0) -> str:
@@ -193,9 +191,9 @@ def _gemm_tiles(mg: int, r: int, positions: int, itemsize: int, images: int,
                 work: int) -> tuple[int, int]:
     """(P, RC): output positions per tile and reduction rows per im2col chunk. The accumulator
     (channels x P) fits ACC_BYTES. Tiles are as even as multiples of 8 allow, and narrower
-    (down to TILE_MIN_SPLIT) for a kernel worth threads with few tiles and few channels."""
+    (down to TILE_MIN_SPLIT) for a kernel worth threads with few tiles."""
     p = max(8, min(256, ACC_BYTES // (mg * itemsize) // 8 * 8))
-    if worth_threads(work, 2) and mg < TILE_SPLIT_CHANNELS:
+    if worth_threads(work, 2):
         while images * -(-positions // p) < TILE_SPLIT_TRIPS and p >= 2 * TILE_MIN_SPLIT:
             p = p // 2 // 8 * 8
     p = -(-positions // -(-positions // p))
@@ -220,7 +218,7 @@ def _tile_loops(x: tuple[int, ...], group: int, positions: int, tile: int, body:
     part = ("for (int64_t part = 0; part < parts; ++part) {\n"
             f"    const int64_t m0 = part * {mg} / parts, mn = (part + 1) * {mg} / parts - m0;\n"
             f"{_indent(body)}\n}}")
-    return ("#pragma omp parallel\n{\nextern int omp_get_num_threads(void);\n"
+    return ("#pragma omp parallel\n{\n"
             f"const int64_t want = (omp_get_num_threads() + {tiles - 1}) / {tiles};\n"
             f"const int64_t parts = want < {max_parts} ? want : {max_parts};\n"
             f"#pragma omp for schedule(static) collapse(4)\n{loops}\n{part}\n}}")
@@ -379,7 +377,7 @@ def _depthwise_conv(ctx: KernelContext, plane: _Plane) -> str:
                + _for("m", mg, f"const {t}* restrict wc = {ctx.ins[1]} + (g * {mg} + m) * "
                                f"{math.prod(w[2:])};\n"
                       + plane.rows(ctx, w[2:], bias, tap, store)))
-    work = y[0] * y[1] * math.prod(y[2:]) * math.prod(w[2:])
+    work = y[0] * y[1] * math.prod(y[2:]) * math.prod(w[2:]) + x[0] * group * plane.size
     return parallel_for(work, x[0] * group, collapse=2) \
         + _nest([("n", x[0]), ("g", group)], plane.declare(t) + "\n" + channel)
 
