@@ -256,3 +256,18 @@ def test_foreign_architecture_is_refused_before_loading(built, tmp_path, no_dlop
     with pytest.raises(kiln.CompatibilityError, match="aarch64 code"):
         kiln.load_module(path)
     assert no_dlopen == []
+
+
+def test_written_files_get_usual_permissions_and_keys_stay_private(built, tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        lib = Path(built[0].export_library(tmp_path / "p.so"))
+        kiln.keygen(tmp_path / "k.pem", tmp_path / "k.pub")
+    finally:
+        os.umask(umask)
+    assert lib.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "k.pem").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "k.pub").stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.pem", "k.pub", "p.so"]

@@ -12,6 +12,7 @@ import click
 import numpy as np
 
 from .errors import KilnError
+from .runtime.files import atomic_write
 from .text import size_text
 
 
@@ -347,22 +348,6 @@ def pack_cmd(library, output) -> None:
     click.echo(f"wrote {out}: {size_text(packed)} ({100 * packed / raw:.0f}% of {size_text(raw)})")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write text to path via a temporary file in the same folder and a rename."""
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @main.command("viz")
 @click.argument("library", type=click.Path(exists=True))
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
@@ -382,7 +367,7 @@ def viz_cmd(library, output) -> None:
     finally:
         checked.release()
     try:
-        _write_atomic(Path(output), page)
+        atomic_write(output, page.encode())
     except OSError as e:
         click.echo(f"error: cannot write {output}: {e.strerror or e}", err=True)
         sys.exit(1)

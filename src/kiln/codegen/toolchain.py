@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import CompileError
+from ..runtime.files import atomic_write
 from .render import KernelSource
 from .target import Target
 
@@ -25,18 +26,6 @@ def cache_dir() -> Path:
     root = Path(os.environ.get("KILN_CACHE_DIR") or Path.home() / ".cache" / "kiln")
     root.mkdir(parents=True, exist_ok=True)
     return root
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write data to path via a temp file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _compile_one(kernel: KernelSource, target: Target) -> bytes:

@@ -25,7 +25,6 @@ from ..codegen.prelude import SUPPORT_NAME, SUPPORT_SOURCE
 from ..codegen.render import KernelSource
 from ..codegen.target import Target
 from ..codegen.toolchain import (
-    atomic_write,
     blob_asm,
     cache_dir,
     compile_kernels,
@@ -35,6 +34,7 @@ from ..errors import ExportError
 from ..runtime.blob import CODE_DIGEST_OFFSET, code_digest, write_blob
 from ..runtime.device import cpu
 from ..runtime.elf import read_elf
+from ..runtime.files import atomic_write
 from ..runtime.library import SECTION, Library, load_module
 from ..runtime.params import save_params
 from ..runtime.selftest import TestInputs, check_test_inputs, vector_entry

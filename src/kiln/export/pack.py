@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..codegen.toolchain import atomic_write
 from ..errors import ExportError
+from ..runtime.files import atomic_write
 
 LEVEL = 19  # shipping favours size; decompression speed does not depend on the level
 

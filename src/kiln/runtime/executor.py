@@ -46,6 +46,7 @@ class Executor:
         if dev.index != 0:
             raise KilnError(f"device {dev} is not present: this machine has cpu:0 only")
         self.lib, self.name, self.device = lib, name, dev
+        self.num_threads = dev.threads()  # fixed at creation, applied before each run
         self.native_calls = 0  # native calls made by run(), for tests and profiling
         self._set_threads = _native(lib, "kiln_set_num_threads", [ctypes.c_int])
         try:
@@ -162,7 +163,7 @@ class Executor:
     def run(self) -> None:
         """Run the model once on the current inputs."""
         self._ensure_bound()
-        self._set_threads(self.device.threads())
+        self._set_threads(self.num_threads)
         self._run()
 
     def get_output(self, index: int) -> np.ndarray:
@@ -198,7 +199,7 @@ class GraphExecutor(Executor):
     def profile(self, repeat: int = 10) -> list[dict[str, Any]]:
         """Time each kernel (best of repeat runs): op names, output shapes, milliseconds."""
         self._ensure_bound()
-        self._set_threads(self.device.threads())
+        self._set_threads(self.num_threads)
         best = [float("inf")] * len(self.calls)
         for _ in range(max(1, repeat)):
             for k, (fn, args) in enumerate(self.calls):

@@ -6,27 +6,20 @@ Keys are param names; a file holding several models' weights prefixes them "<mod
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import FormatError
+from .files import atomic_path
 
 
 def save_params(params: dict[str, np.ndarray], path: str | os.PathLike) -> str:
     """Write params to a .safetensors file atomically; returns the path."""
     from safetensors.numpy import save_file
 
-    out = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: np.ascontiguousarray(v) for k, v in params.items()}, tmp)
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return str(out)
+    with atomic_path(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in params.items()}, str(tmp))
+    return os.fspath(path)
 
 
 def load_params(path: str | os.PathLike, *, model: str | None = None) -> dict[str, np.ndarray]:

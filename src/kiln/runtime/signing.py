@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import FormatError, KilnError, VerificationError
 from .blob import HEADER_SIZE, SIGNATURE_OFFSET, SIGNATURE_SIZE, SIGNER_OFFSET, signed_message
 from .elf import read_elf
+from .files import atomic_write
 
 SECTION = ".kiln"
 KeyLike = Any  # an Ed25519 key object, a PEM path, or PEM bytes
@@ -80,17 +81,6 @@ def raw_public(key) -> bytes:
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def keygen(private_path: str | os.PathLike, public_path: str | os.PathLike) -> str:
     """Write a new Ed25519 key pair as PEM files (the private one readable by its owner only)."""
     serialization, ed25519 = _crypto()
@@ -99,8 +89,8 @@ def keygen(private_path: str | os.PathLike, public_path: str | os.PathLike) -> s
                                 serialization.NoEncryption())
     public = key.public_key().public_bytes(serialization.Encoding.PEM,
                                            serialization.PublicFormat.SubjectPublicKeyInfo)
-    _atomic_write(Path(private_path), private, 0o600)
-    _atomic_write(Path(public_path), public)
+    atomic_write(private_path, private, mode=0o600)
+    atomic_write(public_path, public)
     return fingerprint(raw_public(key.public_key()))
 
 
@@ -124,7 +114,7 @@ def sign(path: str | os.PathLike, key: KeyLike) -> str:
     data[base + SIGNER_OFFSET:base + SIGNER_OFFSET + 32] = public
     signature = private.sign(signed_message(bytes(data[base:base + HEADER_SIZE])))
     data[base + SIGNATURE_OFFSET:base + SIGNATURE_OFFSET + SIGNATURE_SIZE] = signature
-    _atomic_write(path, bytes(data))
+    atomic_write(path, bytes(data))
     return fingerprint(public)
 
 
