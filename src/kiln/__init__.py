@@ -1,8 +1,7 @@
 """kiln: a deep-learning model compiler. ONNX in, one native library out.
 
 The runtime (load_module, GraphModule, devices) is imported eagerly and needs only NumPy and
-BLAKE3;
-the compiler (build, frontend) is imported on first use.
+BLAKE3; the compiler (build, frontend) is imported on first use.
 """
 
 from ._version import __version__
