@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,27 @@ def single_node_model(op_type: str, inputs: Mapping[str, np.ndarray], *,
         [numpy_helper.from_array(np.asarray(a), n) for n, a in consts.items() if a is not None],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+_DRAWS: dict[str, int] = {}  # random_data calls so far, per test
+
+
+def _test_rng() -> np.random.Generator:
+    """A generator seeded by the running test's id and how many arrays it drew already:
+    the same data whatever order (or worker) the tests run in, and distinct arrays."""
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
+    draw = _DRAWS.get(test, 0)
+    _DRAWS[test] = draw + 1
+    return np.random.default_rng([zlib.crc32(test.encode()), draw])
+
+
+def random_data(shape: tuple[int, ...], dtype: str = "float32") -> np.ndarray:
+    """Test data: standard normal floats, or integers in [-100, 100) within dtype's range."""
+    rng = _test_rng()
+    if np.dtype(dtype).kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(max(info.min, -100), min(info.max, 100), shape).astype(dtype)
 
 
 def ort_run(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:

@@ -34,3 +34,23 @@ def normalize_axis(axis: int, rank: int) -> int:
 def expect_arity(types: list[TensorType], n: int) -> None:
     if len(types) != n:
         raise ShapeError(f"expected {n} inputs, got {len(types)}")
+
+
+def need_float(t: TensorType) -> None:
+    if np.dtype(t.dtype).kind != "f":
+        raise ShapeError(f"expected a float tensor, got {t}")
+
+
+def need_image(t: TensorType, min_rank: int = 3) -> None:
+    if t.rank < min_rank:
+        raise ShapeError(f"expected a tensor (N, C, spatial...) of rank >= {min_rank}, got {t}")
+
+
+def need_vector(t: TensorType, n: int, what: str) -> None:
+    if t.shape != (n,):
+        raise ShapeError(f"{what} must have shape ({n},), got {t}")
+
+
+def spatial_axes(x: np.ndarray) -> tuple[int, ...]:
+    """The spatial axes of an (N, C, *spatial) array."""
+    return tuple(range(2, x.ndim))

@@ -1,3 +1,3 @@
 """ONNX converters, one module per op family (importing registers them)."""
 
-from . import elementwise, linalg, movement, nn, reduce, resize  # noqa: F401
+from . import conv, elementwise, linalg, movement, norm, pool, reduce, resize  # noqa: F401

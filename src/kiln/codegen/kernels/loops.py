@@ -1,0 +1,119 @@
+"""C text helpers shared by the conv, pool and norm kernels: loops, flat indices, and the
+padded local copy of an input plane that depthwise conv and the pools read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .registry import ALIGNED, KernelContext, strides
+
+ROW_TILE = 256  # conv row kernel, lrn: elements of one row kept in a local array at a time
+PLANE_BYTES = 256 * 1024  # depthwise conv, pools: largest padded plane copied to the stack
+
+
+def loop(var: str, count: int | str, body: str, *, start: int | str = 0) -> str:
+    """C: a for loop of int64_t var from start up to count, around body."""
+    return f"for (int64_t {var} = {start}; {var} < {count}; ++{var}) {{\n{indent(body)}\n}}"
+
+
+def indent(text: str) -> str:
+    """text with each non-empty line indented by four spaces."""
+    return "\n".join("    " + line if line else line for line in text.splitlines())
+
+
+def nest(loops: list[tuple[str, int]], body: str) -> str:
+    """Nested for loops over (variable, count) pairs, outermost first."""
+    for var, count in reversed(loops):
+        body = loop(var, count, body)
+    return body
+
+
+def flat_index(coords: list[str], shape: tuple[int, ...] | list[int]) -> str:
+    """C expression: the row-major flat index of coords in shape."""
+    st = strides(tuple(shape))
+    terms = [f"{c} * {s}" if s != 1 else c for c, s in zip(coords, st, strict=True)]
+    return " + ".join(terms) if terms else "0"
+
+
+@dataclass(frozen=True)
+class Plane:
+    """One input plane copied into a local array `xp` with its padding filled in, so that
+    every window reads it without bounds checks (the ceil_mode overhang included).
+
+    Each row is stored as `split` (the last stride) interleaved sub-rows, column c at
+    sub-row c % split, offset c / split: a tap then reads consecutive output columns from
+    consecutive addresses, and gcc vectorizes the row loop for any stride.
+    """
+
+    shape: tuple[int, ...]  # the input plane's spatial shape
+    padded: tuple[int, ...]
+    begins: tuple[int, ...]
+    split: int
+
+    @classmethod
+    def of(cls, ctx: KernelContext, kernel: tuple[int, ...]) -> Plane:
+        shape, out = ctx.in_types[0].shape[2:], ctx.out_types[0].shape[2:]
+        a, nd = ctx.attrs, len(kernel)
+        padded = tuple(max(shape[j] + a["pads"][j] + a["pads"][nd + j],
+                           (out[j] - 1) * a["strides"][j] + (kernel[j] - 1) * a["dilations"][j]
+                           + 1) for j in range(nd))
+        return cls(tuple(shape), padded, tuple(a["pads"][:nd]), a["strides"][-1])
+
+    @property
+    def width(self) -> int:
+        """Elements in one sub-row."""
+        return -(-self.padded[-1] // self.split)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.padded[:-1]) * self.split * self.width
+
+    def fits(self, ctx: KernelContext) -> bool:
+        return self.size * ctx.in_types[0].itemsize <= PLANE_BYTES
+
+    def declare(self, t: str) -> str:
+        return f"{t} xp[{self.size}] {ALIGNED};"
+
+    def _at(self, row: str, col: str) -> str:
+        """C: the offset of padded column `col` of padded row `row` (flat over outer dims)."""
+        if self.split == 1:
+            return f"({row}) * {self.width} + {col}"
+        return f"(({row}) * {self.split} + ({col}) % {self.split}) * {self.width} + " \
+               f"({col}) / {self.split}"
+
+    def fill(self, fill: str) -> str:
+        """C: xp = the plane at `xc`, surrounded by fill."""
+        nd = len(self.shape)
+        row = flat_index([f"(i{j} + {self.begins[j]})" for j in range(nd - 1)], self.padded[:-1])
+        at = self._at(row, f"i{nd - 1} + {self.begins[-1]}")
+        copy = nest([(f"i{j}", self.shape[j]) for j in range(nd)],
+                    f"xp[{at}] = xc[{flat_index([f'i{j}' for j in range(nd)], self.shape)}];")
+        return loop("q", self.size, f"xp[q] = {fill};") + "\n" + copy
+
+    def rows(self, ctx: KernelContext, kernel: tuple[int, ...], init: str, tap: str,
+             store: str) -> str:
+        """C: for each output row (o0, o1, ...): acc[ol] = init; run tap for each kernel tap
+        (`xr[ol]`: the value it reads for output column ol, `kidx`: its flat index); store."""
+        a, t = ctx.attrs, ctx.t(0)
+        out = ctx.out_types[0].shape[2:]
+        nd = len(out)
+        row = flat_index([f"(o{j} * {a['strides'][j]} + k{j} * {a['dilations'][j]})"
+                          for j in range(nd - 1)], self.padded[:-1])
+        kidx = flat_index([f"k{j}" for j in range(nd)], kernel)
+        start = self._at(row, f"k{nd - 1} * {a['dilations'][-1]}")
+        taps = nest([(f"k{j}", kernel[j]) for j in range(nd)],
+                    f"const int64_t kidx = {kidx};\n"
+                    f"const {t}* restrict xr = xp + {start};\n{tap}")
+        body = (f"{t} acc[{out[-1]}] {ALIGNED};\n" + loop("ol", out[-1], f"acc[ol] = {init};")
+                + f"\n{taps}\n" + loop("ol", out[-1], store))
+        return nest([(f"o{j}", out[j]) for j in range(nd - 1)], body)
+
+
+def out_index(ctx: KernelContext, plane: str) -> str:
+    """C: the flat output index of (o0, ..., ol) in output plane `plane`."""
+    out = ctx.out_types[0].shape[2:]
+    coords = [f"o{j}" for j in range(len(out) - 1)] + ["ol"]
+    return f"({plane}) * {math.prod(out)} + {flat_index(coords, out)}"
+
