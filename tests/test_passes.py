@@ -33,16 +33,30 @@ def test_fusion_puts_elementwise_chain_into_producer():
     assert [v.name for v in groups[0].extras] == [w.name]
 
 
-def test_fusion_stops_at_values_with_several_readers():
+def test_fusion_takes_diamonds_whose_branches_rejoin():
+    """x * sigmoid(x) style: the value read twice stays inside one kernel."""
     b = GraphBuilder()
     x = b.add_input("x", TensorType((16,), "float32"))
     (a,) = b.emit("exp", [x])
     (r1,) = b.emit("relu", [a])
     (r2,) = b.emit("neg", [a])
     (s,) = b.emit("add", [r1, r2])
+    (y,) = b.emit("mul", [s, a])
+    groups = fuse(optimize(_bound(b, [y])))
+    assert [g.label for g in groups] == ["exp+relu+neg+add+mul"]
+    assert groups[0].extras == []
+
+
+def test_fusion_stops_where_a_value_is_also_read_outside_the_chain():
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType((4, 16), "float32"))
+    (a,) = b.emit("exp", [x])
+    (r,) = b.emit("relu", [a])
+    (m,) = b.emit("softmax", [a], {"axis": 1})  # not elementwise: a must be materialized
+    (s,) = b.emit("add", [r, m])
     groups = fuse(optimize(_bound(b, [s])))
-    labels = [g.label for g in groups]
-    assert labels[0] == "exp" and len(groups) == 3
+    # add runs where it stood, after softmax, which made its other operand.
+    assert [g.label for g in groups] == ["exp", "softmax", "relu+add"]
 
 
 def test_batch_norm_without_conv_becomes_mul_add_and_matches_reference():

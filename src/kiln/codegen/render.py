@@ -27,29 +27,30 @@ class KernelSource:
 
 
 def _epilogue(group: KernelGroup) -> tuple[str, list[str]]:
-    """C function applying the chain to one anchor value; returns (text, extra params)."""
+    """C function applying the chain to one anchor value; returns (text, extra params).
+
+    Values made inside the group are locals (v0 is the anchor's); each operand from outside
+    is loaded once per element, broadcast to the output shape.
+    """
     anchor_out = group.anchor.outputs[0]
     out_type = group.outputs[0].type
     params = [f"{ctype(anchor_out.type.dtype)} v0", "int64_t i"]
-    lines, running, k, n_extra = [], anchor_out, 0, 0
-    for node in group.chain:
-        operands = []
-        for v in node.inputs:
-            if v is running:
-                operands.append(f"v{k}")
-                continue
-            params.append(f"const {ctype(v.type.dtype)}* restrict e{n_extra}")
-            idx = broadcast_index(v.type.shape, out_type.shape, "i")
-            operands.append(f"e{n_extra}[{idx}]")
-            n_extra += 1
-        expr = get_expression(node.op)(operands, node.attrs, [v.type.dtype for v in node.inputs],
-                                       node.outputs[0].type.dtype)
-        k += 1
-        lines.append(f"    const {ctype(node.outputs[0].type.dtype)} v{k} = {expr};")
-        running = node.outputs[0]
+    names = {id(anchor_out): "v0"}
+    lines = []
+    for k, v in enumerate(group.extras):
+        params.append(f"const {ctype(v.type.dtype)}* restrict e{k}")
+        names[id(v)] = f"x{k}"
+        idx = broadcast_index(v.type.shape, out_type.shape, "i")
+        lines.append(f"    const {ctype(v.type.dtype)} x{k} = e{k}[{idx}];")
+    for k, node in enumerate(group.chain, start=1):
+        out = node.outputs[0]
+        expr = get_expression(node.op)([names[id(v)] for v in node.inputs], node.attrs,
+                                       [v.type.dtype for v in node.inputs], out.type.dtype)
+        lines.append(f"    const {ctype(out.type.dtype)} v{k} = {expr};")
+        names[id(out)] = f"v{k}"
     text = (f"static inline {ctype(out_type.dtype)} kiln_epilogue({', '.join(params)}) {{\n"
-            + "\n".join(lines) + f"\n    return v{k};\n}}\n")
-    return text, [f"ex{j}" for j in range(n_extra)]
+            + "\n".join(lines) + f"\n    return v{len(group.chain)};\n}}\n")
+    return text, [f"ex{j}" for j in range(len(group.extras))]
 
 
 def render_kernel(group: KernelGroup) -> KernelSource:

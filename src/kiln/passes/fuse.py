@@ -1,8 +1,10 @@
-"""Operator fusion: elementwise chains are folded into the kernel of their producer.
+"""Operator fusion: elementwise nodes are folded into the kernel of their producer.
 
-A kernel group is an anchor node plus a chain of elementwise nodes, each consuming the
-previous result with the same shape; the chain becomes the anchor's epilogue, so the
-intermediate tensors are never written to memory. View ops (reshape) get no kernel.
+A kernel group is an anchor node plus a chain of elementwise nodes of the anchor's output
+shape, in graph order, computed from the anchor's value (and other operands loaded per
+element). The chain may branch and join (x * sigmoid(x), erf-GELU) as long as only its last
+value is read outside the group; it becomes the anchor's epilogue, so the intermediate
+tensors are never written to memory. View ops (reshape) get no kernel.
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ class KernelGroup:
 
     @property
     def extras(self) -> list[Value]:
-        """The chain's operands other than the running value, in order (loaded per element)."""
-        out, running = [], self.anchor.outputs[0] if self.chain else None
+        """The chain's operands computed outside the group, once each in first-use order
+        (the epilogue loads them per element)."""
+        inside = {id(v) for n in self.nodes for v in n.outputs} if self.chain else set()
+        out: dict[int, Value] = {}
         for node in self.chain:
-            out.extend(v for v in node.inputs if v is not running)
-            running = node.outputs[0]
-        return out
+            for v in node.inputs:
+                if id(v) not in inside:
+                    out.setdefault(id(v), v)
+        return list(out.values())
 
     @property
     def inputs(self) -> list[Value]:
@@ -47,18 +52,35 @@ class KernelGroup:
         return "+".join(n.op for n in self.nodes)
 
 
-def _next_link(value: Value, users: dict, graph_outputs: set[int],
-               absorbed: set[int]) -> Node | None:
-    """The elementwise node that can extend a chain ending in value, if there is one."""
-    readers = users.get(value, [])
-    if id(value) in graph_outputs or len(readers) != 1:
-        return None
-    nxt = readers[0]
-    if id(nxt) in absorbed or get_op(nxt.op).kind != ELEMENTWISE or len(nxt.outputs) != 1:
-        return None
-    if nxt.outputs[0].type.shape != value.type.shape or nxt.inputs.count(value) != 1:
-        return None
-    return nxt
+def _chain(anchor: Node, users: dict, graph_outputs: set[int], absorbed: set[int],
+           position: dict[int, int]) -> list[Node]:
+    """The largest chain to fuse after anchor: grown reader by reader in graph order, kept
+    whenever every value it makes but the last is read only inside the group."""
+    shape = anchor.outputs[0].type.shape
+    members: list[Node] = []
+    inside = {id(anchor.outputs[0])}
+    best: list[Node] = []
+    while True:
+        readers = [r for v in [anchor.outputs[0], *(m.outputs[0] for m in members)]
+                   for r in users.get(v, []) if id(r) not in absorbed and r not in members]
+        fusable = [r for r in readers if get_op(r.op).kind == ELEMENTWISE
+                   and len(r.outputs) == 1 and r.outputs[0].type.shape == shape]
+        if len(fusable) != len(readers) or not fusable:
+            return best  # a reader that cannot join keeps its value materialized
+        nxt = min(fusable, key=lambda r: position[id(r)])
+        members.append(nxt)
+        inside.add(id(nxt.outputs[0]))
+        if _closed(anchor, members, users, graph_outputs):
+            best = list(members)
+
+
+def _closed(anchor: Node, members: list[Node], users: dict, graph_outputs: set[int]) -> bool:
+    """Whether only the last member's value is needed outside the group."""
+    group = {id(n) for n in members}
+    for value in [anchor.outputs[0], *(m.outputs[0] for m in members[:-1])]:
+        if id(value) in graph_outputs or any(id(r) not in group for r in users.get(value, [])):
+            return False
+    return True
 
 
 def fuse(mod: Module) -> list[KernelGroup]:
@@ -74,11 +96,8 @@ def fuse(mod: Module) -> list[KernelGroup]:
             continue
         group = KernelGroup(node)
         if len(node.outputs) == 1 and get_kernel(node.op).epilogue:
-            value = node.outputs[0]
-            while (nxt := _next_link(value, users, graph_outputs, absorbed)) is not None:
-                group.chain.append(nxt)
-                absorbed.add(id(nxt))
-                value = nxt.outputs[0]
+            group.chain = _chain(node, users, graph_outputs, absorbed, position)
+            absorbed.update(id(n) for n in group.chain)
         # Run the group where its last node stood: the chain's other operands exist by then.
         placed.append((position[id(group.nodes[-1])], group))
     return [group for _, group in sorted(placed, key=lambda p: p[0])]
