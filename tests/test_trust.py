@@ -271,3 +271,21 @@ def test_written_files_get_usual_permissions_and_keys_stay_private(built, tmp_pa
     assert (tmp_path / "k.pem").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "k.pub").stat().st_mode & 0o777 == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k.pem", "k.pub", "p.so"]
+
+
+def test_signature_is_checked_when_verifying_fully_not_on_the_fast_path(signed, tmp_path):
+    import subprocess
+    import sys
+
+    script = ("import sys, kiln; kiln.load_module(sys.argv[1], verify='header'); "
+              "print('cryptography' in sys.modules)")
+    fast = subprocess.run([sys.executable, "-c", script, str(signed)], capture_output=True,
+                          text=True, check=True)
+    assert fast.stdout.strip() == "False"
+    data = bytearray(signed.read_bytes())
+    base = read_elf(memoryview(bytes(data)), "s").sections[".kiln"].offset
+    data[base + 200] ^= 0x01  # inside the signature
+    damaged = tmp_path / "sig.so"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(kiln.FormatError, match="embedded signature does not match"):
+        kiln.load_module(damaged)

@@ -7,7 +7,6 @@ a directory (a path without suffix) receives `<name>.so`.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from blake3 import blake3
 
 from .._version import __version__
 from ..codegen.prelude import SUPPORT_NAME, SUPPORT_SOURCE
@@ -31,7 +31,7 @@ from ..codegen.toolchain import (
     link_shared_library,
 )
 from ..errors import ExportError
-from ..runtime.blob import CODE_DIGEST_OFFSET, code_digest, write_blob
+from ..runtime.blob import CODE_DIGEST_OFFSET, code_digest, digest, write_blob
 from ..runtime.device import cpu
 from ..runtime.elf import read_elf
 from ..runtime.files import atomic_write
@@ -79,7 +79,7 @@ class FactoryModule:
         index: dict[bytes, int] = {}
 
         def store(array: np.ndarray) -> int:
-            key = hashlib.blake2b(array.tobytes(), digest_size=32).digest()
+            key = digest(array.tobytes())
             if key not in index:  # byte-identical arrays are stored once
                 index[key] = len(arrays)
                 arrays.append(array)
@@ -197,13 +197,13 @@ class FactoryModule:
         """This factory exported to the cache and loaded (to run without exporting by hand)."""
         if self._loaded is None:
             blob = self._blob()
-            h = hashlib.sha256(blob)
+            h = blake3(blob)
             for name, obj in sorted(self._objects().items()):
                 h.update(name.encode() + obj)
             path = cache_dir() / "lib" / f"{h.hexdigest()[:32]}.so"
             path.parent.mkdir(parents=True, exist_ok=True)
-            if not path.exists():
-                self.export_library(path)
+            if not path.exists():  # the blob is built once: link it as export_library would
+                atomic_write(path, self._link(blob))
             self._loaded = load_module(path)
         return self._loaded
 

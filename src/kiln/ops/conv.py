@@ -19,16 +19,22 @@ from .window import check_window, pad_spatial, window_shape, window_slices
 # ---- conv: [x (N,C,*I), w (M,C/group,*K), b (M,)?] -> (N,M,*O)
 
 
-def _conv_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
+def _operands(types: list[TensorType]) -> tuple[TensorType, TensorType]:
+    """(x, w) of a conv or conv_transpose, after the checks both share."""
     if len(types) not in (2, 3):
         raise ShapeError(f"expected 2 or 3 inputs (x, w, bias), got {len(types)}")
     x, w = types[0], types[1]
     need_image(x)
     need_float(x)
     same_dtype(types)
-    group = attrs["group"]
     if w.rank != x.rank:
         raise ShapeError(f"weight {w} must have the rank of input {x}")
+    return x, w
+
+
+def _conv_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
+    x, w = _operands(types)
+    group = attrs["group"]
     if group < 1 or x.shape[1] != w.shape[1] * group or w.shape[0] % group:
         raise ShapeError(f"input {x} and weight {w} do not fit group={group}: need C = "
                          "w.shape[1] * group and w.shape[0] divisible by group")
@@ -76,15 +82,8 @@ def _conv_transpose_shape(x: tuple[int, ...], w: tuple[int, ...], attrs: Attrs) 
 
 
 def _conv_transpose_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
-    if len(types) not in (2, 3):
-        raise ShapeError(f"expected 2 or 3 inputs (x, w, bias), got {len(types)}")
-    x, w = types[0], types[1]
-    need_image(x)
-    need_float(x)
-    same_dtype(types)
+    x, w = _operands(types)
     group = attrs["group"]
-    if w.rank != x.rank:
-        raise ShapeError(f"weight {w} must have the rank of input {x}")
     if group < 1 or x.shape[1] != w.shape[0] or x.shape[1] % group:
         raise ShapeError(f"input {x} and weight {w} do not fit group={group}: need C = "
                          "w.shape[0], divisible by group")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import FormatError, KilnError
+from ..errors import FormatError, KilnError, VerificationError
 from .blob import Blob, code_digest, read_blob
 from .compat import check_compatible
 from .device import Device, device
@@ -126,6 +126,14 @@ def _check(path: str, where: str, verify: str, trusted_keys: list | None,
         from .signing import check_signature
 
         signer_id = check_signature(blob.header, blob.signer, blob.signature, trusted_keys, where)
+    elif verify == "full" and blob.signed:  # integrity only: the key is the file's own
+        from .signing import check_signature
+
+        try:
+            check_signature(blob.header, blob.signer, blob.signature, [blob.signer], where)
+        except VerificationError:
+            raise FormatError(f"{where}: the embedded signature does not match the header: "
+                              "the file is damaged or was altered after signing") from None
     if code_digest(view, section.offset, section.size) != blob.code_digest:
         raise FormatError(f"{where}: native code digest mismatch: the file is damaged")
     if verify == "full" or trusted_keys is not None:

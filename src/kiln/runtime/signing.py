@@ -50,7 +50,11 @@ def load_public_key(key: KeyLike):
     if isinstance(key, ed25519.Ed25519PublicKey):
         return key
     if isinstance(key, bytes) and len(key) == 32:
-        return ed25519.Ed25519PublicKey.from_public_bytes(key)
+        try:
+            return ed25519.Ed25519PublicKey.from_public_bytes(key)
+        except ValueError:
+            raise VerificationError(f"stored signer key {key.hex()[:16]}… is not a valid "
+                                    "Ed25519 key") from None
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return key.public_key()
     try:
@@ -141,7 +145,7 @@ def check_signature(header: bytes, signer: bytes, signature: bytes,
 
 
 def signature_status(signer: bytes, signature: bytes) -> str:
-    """For display, of a library that loaded (so a signature present was checked)."""
+    """For display, of a library checked with verify="full" (so its signature was checked)."""
     if not any(signature):
         return "unsigned"
     return f"signed by {fingerprint(signer)} (signature valid; trust depends on the key)"
