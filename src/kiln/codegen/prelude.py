@@ -52,10 +52,74 @@ static inline float kiln_expf(float x) {
 """
 
 
-# Linked into every library: the runtime sets the thread count before each run, so it is a
-# run-time choice, not a property of the library.
+# Linked into every library. The runtime sets the thread count before each run, so it is a
+# run-time choice, not a property of the library. The weights guard keeps a truncated file
+# from killing the process: weights read in place from a library file (verify="header") are a
+# mapping of that file, and touching a page past a shortened file's end raises SIGBUS. The
+# guard maps a zero page there instead and raises kiln_weights_lost, which the runtime
+# reports after the run; a fault anywhere else goes to the previous handler.
 SUPPORT_NAME = "kiln_support"
-SUPPORT_SOURCE = r"""#include <omp.h>
+SUPPORT_SOURCE = r"""#define _GNU_SOURCE
+#include <omp.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 void kiln_set_num_threads(int n) { omp_set_num_threads(n > 0 ? n : 1); }
 int kiln_max_threads(void) { return omp_get_max_threads(); }
+
+#define KILN_GUARD_SLOTS 64
+static volatile uintptr_t guard_lo[KILN_GUARD_SLOTS], guard_hi[KILN_GUARD_SLOTS];
+static struct sigaction guard_previous;
+static uintptr_t guard_page;
+volatile sig_atomic_t kiln_weights_lost;
+
+static void guard_handler(int sig, siginfo_t *info, void *context) {
+    uintptr_t at = (uintptr_t)info->si_addr;
+    for (int k = 0; k < KILN_GUARD_SLOTS; k++) {
+        if (at >= guard_lo[k] && at < guard_hi[k]) {
+            void *page = (void *)(at & ~(guard_page - 1));
+            if (mmap(page, guard_page, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+                     0) != MAP_FAILED) {
+                kiln_weights_lost = 1;
+                return;
+            }
+        }
+    }
+    if (guard_previous.sa_flags & SA_SIGINFO) {
+        guard_previous.sa_sigaction(sig, info, context);
+    } else if (guard_previous.sa_handler != SIG_DFL && guard_previous.sa_handler != SIG_IGN) {
+        guard_previous.sa_handler(sig);
+    } else {
+        signal(sig, SIG_DFL); /* the fault repeats on return and takes its default action */
+    }
+}
+
+/* Guard [start, start + size); returns the slot to release, or -1 when none is free. */
+int kiln_guard_weights(void *start, size_t size) {
+    if (guard_page == 0) {
+        struct sigaction action = {0};
+        action.sa_sigaction = guard_handler;
+        action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+        sigemptyset(&action.sa_mask);
+        if (sigaction(SIGBUS, &action, &guard_previous) != 0) return -1;
+        guard_page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    }
+    for (int k = 0; k < KILN_GUARD_SLOTS; k++) {
+        if (guard_hi[k] == 0) {
+            guard_lo[k] = (uintptr_t)start;
+            guard_hi[k] = (uintptr_t)start + size;
+            return k;
+        }
+    }
+    return -1;
+}
+
+void kiln_guard_release(int slot) {
+    if (slot < 0 || slot >= KILN_GUARD_SLOTS) return;
+    guard_hi[slot] = 0; /* first: an empty range matches nothing */
+    guard_lo[slot] = 0;
+}
 """

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import ExportError
+from ..errors import ExportError, FormatError
 from ..runtime.files import atomic_write
 
 LEVEL = 19  # shipping favours size; decompression speed does not depend on the level
@@ -32,6 +32,10 @@ def pack(path: str | os.PathLike, out: str | os.PathLike | None = None, *,
     dest = Path(out) if out is not None else src.with_name(src.name + ".zst")
     if dest.suffix != ".zst":
         raise ExportError(f"cannot pack to '{dest}': the packed file's name must end in .zst")
-    inspect_file(src).release()  # never ship a damaged or foreign file
-    atomic_write(dest, compress(src.read_bytes(), level))
+    try:
+        data = src.read_bytes()
+    except OSError as e:
+        raise FormatError(f"cannot read {src}: {e.strerror or e}") from None
+    inspect_file(data, name=str(src)).release()  # ship what was checked: never a damaged file
+    atomic_write(dest, compress(data, level))
     return str(dest)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError
+from .manifest import check_manifest
 
 MAGIC = b"KILNBLOB"
 FORMAT_MAJOR = 1
@@ -41,10 +42,11 @@ MAX_MANIFEST = 256 << 20
 
 
 def digest(data) -> bytes:
-    """BLAKE3-256: about 4 GB/s per core here, 5x hashlib's BLAKE2b, so verifying is cheap."""
+    """BLAKE3-256: about 4 GB/s per core here, 5x hashlib's BLAKE2b, so verifying is cheap;
+    large inputs are hashed on all cores (the digest does not depend on it)."""
     from blake3 import blake3
 
-    return blake3(data).digest()
+    return blake3(data, max_threads=blake3.AUTO if len(data) >= 1 << 22 else 1).digest()
 
 
 FIXED = 48  # header bytes [0, 48): magic, versions, sizes and offsets
@@ -140,8 +142,13 @@ def _writer_version(buf: memoryview, m_off: int, m_size: int) -> str:
         return "a newer kiln"
 
 
-def read_blob(buf: memoryview, where: str, *, verify_weights: bool = True) -> Blob:
-    """Parse and check a blob held in buf (a memoryview of exactly the blob's bytes)."""
+def read_blob(buf: memoryview, where: str, *, verify_weights: bool = True,
+              weights: memoryview | None = None) -> Blob:
+    """Parse and check a blob held in buf (a memoryview of exactly the blob's bytes).
+
+    weights: the weights region's bytes when they are held apart from buf (the loader keeps
+    them out of the code image); its length must be what the header says.
+    """
     if len(buf) < 16:
         raise FormatError(f"{where}: kiln section is {len(buf)} bytes, shorter than its header")
     magic, major, minor, hsize = struct.unpack_from("<8sHHI", buf, 0)
@@ -174,13 +181,26 @@ def read_blob(buf: memoryview, where: str, *, verify_weights: bool = True) -> Bl
         manifest = json.loads(bytes(buf[m_off:m_off + m_size]))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FormatError(f"{where}: manifest is not valid JSON: {e}") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("models"), dict):
-        raise FormatError(f"{where}: manifest has no models table")
-    blob = Blob(major, minor, bytes(buf[:hsize]), manifest, buf[w_off:w_off + w_size], w_dig,
-                c_dig, signer, signature)
+    check_manifest(manifest, where)
+    if weights is None:
+        weights = buf[w_off:w_off + w_size]
+    elif len(weights) != w_size:
+        raise FormatError(f"{where}: weights region is {len(weights)} bytes, header says {w_size}")
+    blob = Blob(major, minor, bytes(buf[:hsize]), manifest, weights, w_dig, c_dig, signer,
+                signature)
     if verify_weights:
         blob.verify_weights(where)
     return blob
+
+
+def weights_span(header: bytes) -> tuple[int, int] | None:
+    """(offset, size) of the weights region that a blob header names, relative to the blob;
+    None when the header is not one this kiln reads (read_blob then says what is wrong)."""
+    if len(header) < HEADER_SIZE or header[:8] != MAGIC:
+        return None
+    major, = struct.unpack_from("<H", header, 8)
+    w_off, w_size = struct.unpack_from("<QQ", header, 32)
+    return (w_off, w_size) if major == FORMAT_MAJOR else None
 
 
 def code_digest(buf, blob_offset: int, blob_size: int) -> bytes:

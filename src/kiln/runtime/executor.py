@@ -11,6 +11,7 @@ Native calls release the GIL, so executors may run in different threads at once.
 from __future__ import annotations
 
 import ctypes
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,19 @@ _ALIGN = 64
 
 def _tensor_spec(entry: dict[str, Any]) -> tuple[str, tuple[int, ...], np.dtype]:
     return str(entry["name"]), tuple(int(d) for d in entry["shape"]), np.dtype(entry["dtype"])
+
+
+def _allocate_arena(nbytes: int, what: str) -> np.ndarray:
+    """The raw arena (with room to align it), refused with the sizes named when this machine
+    cannot hold it, rather than a bare MemoryError or the OOM killer."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if nbytes > physical:
+        raise KilnError(f"{what} needs a {nbytes}-byte memory arena; this machine has "
+                        f"{physical} bytes of memory")
+    try:
+        return np.empty(nbytes + _ALIGN, dtype=np.uint8)
+    except MemoryError:
+        raise KilnError(f"{what}: cannot allocate its {nbytes}-byte memory arena") from None
 
 
 def _native(lib: Library, name: str, argtypes: list) -> Any:
@@ -58,7 +72,7 @@ class Executor:
     def _setup(self, spec: dict[str, Any]) -> None:
         self.spec = spec
         arena_bytes = int(spec["arena_bytes"])
-        raw = np.empty(arena_bytes + _ALIGN, dtype=np.uint8)
+        raw = _allocate_arena(arena_bytes, f"{self.lib.path}: model '{self.name}'")
         start = (-raw.ctypes.data) % _ALIGN
         self.arena = raw[start:start + arena_bytes]
         self.param_specs = {str(p["name"]): p for p in spec["params"]}
@@ -165,6 +179,7 @@ class Executor:
         self._ensure_bound()
         self._set_threads(self.num_threads)
         self._run()
+        self.lib.check_weights()
 
     def get_output(self, index: int) -> np.ndarray:
         """A copy of output `index` (the arena is reused by the next run)."""
@@ -206,6 +221,7 @@ class GraphExecutor(Executor):
                 start = time.perf_counter()
                 fn(args)
                 best[k] = min(best[k], time.perf_counter() - start)
+        self.lib.check_weights()
         return [{"kernel": k["label"], "node": k["node"], "shapes": k["shapes"], "ms": t * 1e3}
                 for k, t in zip(self.spec["kernels"], best, strict=True)]
 

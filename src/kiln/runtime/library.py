@@ -1,43 +1,56 @@
-"""load_module: open a kiln library, check everything, then map its code and weights.
+"""load_module: read a kiln library once, check what was read, load exactly that.
 
-Order matters: the ELF section table, blob header, signature (when keys are given),
-digests, format version, architecture and CPU features are all checked on the mapped file
-BEFORE the dynamic loader sees it, so a damaged, tampered or foreign file is refused with a
-kiln error instead of running its code or crashing the process.
+The library's bytes are read from ONE open descriptor (or taken from memory) into a sealed
+in-memory image: an anonymous file (memfd) that nobody can write, grow or shrink. The ELF
+section table, blob header, signature, digests, format version, architecture and CPU
+features are all checked on that image, and the dynamic loader maps the image, never the
+path: replacing, rewriting or truncating the file afterwards cannot change what runs.
+The weights are kept out of the image (it only ever holds code and tables) and are held
+apart: a private copy, hashed as it is read, when they are verified (verify="full",
+trusted_keys); for verify="header", a read-only mapping of the file, guarded so that a
+truncated file is reported as an error instead of killing the process (SIGBUS).
 """
 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import mmap
 import os
-import tarfile
+import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import FormatError, KilnError, VerificationError
-from .blob import Blob, code_digest, read_blob
+from .blob import HEADER_SIZE, Blob, code_digest, read_blob, weights_span
 from .compat import check_compatible
 from .device import Device, device
-from .elf import read_elf
+from .elf import ElfInfo, Reader, read_elf, read_elf_at
+from .source import CHUNK, FileSource, Source, default_max_size, open_source
 
 SECTION = ".kiln"
 VERIFY_MODES = ("full", "header")
-MAX_TAR_MEMBER = 1 << 36
-MAX_UNPACKED = 1 << 36
+
+
+# The descriptors of loaded code images, held for the life of the process. The dynamic
+# loader never unloads a library loaded through ctypes, and it knows each one by the name it
+# was opened under (/proc/self/fd/N): if N were closed and reused, a later load under the
+# same name would get the earlier library's code.
+_LOADED_IMAGES: list[int] = []
 
 
 class Library:
-    """A loaded kiln library: its manifest, weights (mapped in place) and native kernels."""
+    """A loaded kiln library: its manifest, weights and native kernels."""
 
     def __init__(self, path: str, checked: CheckedFile, native: ctypes.CDLL) -> None:
         self.path = path
-        self._mapped = checked.mapped
+        self.checked = checked
         self.blob = checked.blob
         self.signer_id = checked.signer_id
         self.native = native
+        # Weights mapped from a file can vanish if it is truncated: see _guard_weights.
+        self.weights_lost = _guard_weights(checked, native)
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -47,6 +60,14 @@ class Library:
     def models(self) -> list[str]:
         """Names of the models this library holds."""
         return sorted(self.manifest["models"])
+
+    def check_weights(self) -> None:
+        """Raise FormatError if the file the weights are read from was truncated under us."""
+        if self.weights_lost is not None and self.weights_lost.value:
+            raise FormatError(f"{self.path} was truncated while loaded: weights past its new "
+                              "end read as zeros, so results are wrong. It was loaded with "
+                              "verify='header', which reads weights in place; reload it (the "
+                              "default verify='full' keeps a private, checked copy)")
 
     def __getitem__(self, name: str):
         """The factory of model `name`: call it with a device to create an executor."""
@@ -76,57 +97,89 @@ class Library:
 
 @dataclass
 class CheckedFile:
-    """A library file mapped and fully checked, its native code not yet loaded."""
+    """A library read once and fully checked, its native code not yet loaded."""
 
-    path: str  # what the dynamic loader opens
-    mapped: mmap.mmap
+    where: str  # the path, or "<library in memory>", for messages
+    image_fd: int | None  # the sealed memfd holding the code and tables
     blob: Blob
     machine: str
     signer_id: str | None  # the trusted key that signed it, when keys were given
     file_size: int
     packed_size: int | None = None  # size of the .zst it came from
-    fd: int | None = None  # the memfd holding an unpacked or in-memory library
+    weights_in_place: bool = False  # weights are a mapping of the file (verify="header")
+    _owners: list[Any] = field(default_factory=list)  # buffers the views above point into
 
     def release(self) -> None:
-        """Close the memfd, if any (the mapping and a loaded library keep their own refs)."""
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        """Close the image's descriptor (for a library that is inspected, not loaded)."""
+        if self.image_fd is not None:
+            os.close(self.image_fd)
+            self.image_fd = None
 
 
-def _map_file(path: str) -> mmap.mmap:
-    try:
-        if os.path.isdir(path):
-            raise FormatError(f"{path} is a directory, not a kiln library")
-        with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size == 0:
-                raise FormatError(f"{path} is empty, not a kiln library")
-            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    except FileNotFoundError:
-        raise FormatError(f"library file not found: {path}") from None
-    except OSError as e:
-        raise FormatError(f"cannot read {path}: {e}") from None
+# -- the sealed image ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where the blob and its weights lie in the library file."""
+
+    blob_offset: int
+    blob_size: int
+    weights_offset: int  # absolute, in the file
+    weights_size: int
 
 
-def _check(path: str, where: str, verify: str, trusted_keys: list | None,
-           compat: bool = True) -> CheckedFile:
-    if verify not in VERIFY_MODES:
-        raise KilnError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
-    mapped = _map_file(path)
-    view = memoryview(mapped)
-    elf = read_elf(view, where)
+def _locate(read: Reader, size: int, where: str) -> tuple[ElfInfo, _Layout]:
+    elf = read_elf_at(read, size, where)
     section = elf.sections.get(SECTION)
     if section is None:
         raise FormatError(f"{where} is a shared library but not a kiln library "
                           f"(no {SECTION} section)")
-    region = view[section.offset:section.offset + section.size]
-    blob = read_blob(region, where, verify_weights=False)
+    span = weights_span(read(section.offset, HEADER_SIZE)) \
+        if section.size >= HEADER_SIZE else None
+    w_off, w_size = span if span and span[0] + span[1] <= section.size else (section.size, 0)
+    return elf, _Layout(section.offset, section.size, section.offset + w_off, w_size)
+
+
+def _seal_image(source: Source, layout: _Layout) -> int:
+    """A memfd holding the library's bytes with the weights region left as a hole, then
+    sealed: from here on nobody, this process included, can change or truncate it."""
+    fd = os.memfd_create("kiln-library", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, source.size)
+        end = layout.weights_offset + layout.weights_size
+        for start, stop in ((0, layout.weights_offset), (end, source.size)):
+            for at in range(start, stop, CHUNK):
+                data = memoryview(source.read(at, min(CHUNK, stop - at)))
+                while data:
+                    written = os.pwrite(fd, data, at)
+                    data, at = data[written:], at + written
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                    | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_image(fd: int, size: int, layout: _Layout, weights: memoryview,
+                 where: str, full: bool,
+                 trusted_keys: list | None, compat: bool) -> tuple[Blob, str, str | None]:
+    """Check everything on the sealed image (and the weights held apart); nothing runs."""
+    view = memoryview(mmap.mmap(fd, size, access=mmap.ACCESS_READ))  # unmapped when collected
+    elf = read_elf(view, where)
+    section = elf.sections.get(SECTION)
+    if section is None or (section.offset, section.size) != (layout.blob_offset,
+                                                             layout.blob_size):
+        raise FormatError(f"{where} changed while it was being loaded")
+    blob = read_blob(view[section.offset:section.offset + section.size], where,
+                     verify_weights=False, weights=weights)
     signer_id = None
     if trusted_keys is not None:
         from .signing import check_signature
 
-        signer_id = check_signature(blob.header, blob.signer, blob.signature, trusted_keys, where)
-    elif verify == "full" and blob.signed:  # integrity only: the key is the file's own
+        signer_id = check_signature(blob.header, blob.signer, blob.signature, trusted_keys,
+                                    where)
+    elif full and blob.signed:  # integrity only: the key is the file's own
         from .signing import check_signature
 
         try:
@@ -136,111 +189,82 @@ def _check(path: str, where: str, verify: str, trusted_keys: list | None,
                               "the file is damaged or was altered after signing") from None
     if code_digest(view, section.offset, section.size) != blob.code_digest:
         raise FormatError(f"{where}: native code digest mismatch: the file is damaged")
-    if verify == "full" or trusted_keys is not None:
+    if full:
         blob.verify_weights(where)
     if compat:
         check_compatible(blob.manifest.get("target"), elf.machine, where)
-    return CheckedFile(path, mapped, blob, elf.machine, signer_id, len(mapped))
+    return blob, elf.machine, signer_id
 
 
-def _memfd(data: bytes) -> int:
-    """An anonymous in-memory file (Linux memfd) holding data; returns its descriptor."""
-    if not hasattr(os, "memfd_create"):
-        raise FormatError("loading a library from memory needs Linux memfd support")
-    fd = os.memfd_create("kiln-library", os.MFD_CLOEXEC)
-    view = memoryview(data)
-    while view:  # one write may be partial for large data
-        view = view[os.write(fd, view):]
-    return fd
-
-
-def _library_from_tar(path: str) -> bytes:
-    """The linked library inside a .tar export (member lib.so), size-checked."""
-    try:
-        with tarfile.open(path, mode="r:") as tar:
-            member = tar.getmember("lib.so")
-            if not member.isfile() or member.size > min(MAX_TAR_MEMBER, os.path.getsize(path)):
-                raise FormatError(f"{path}: member lib.so is not a plain file of sane size")
-            return tar.extractfile(member).read()
-    except KeyError:
-        raise FormatError(f"{path}: a .tar export must hold lib.so; this one does not") from None
-    except (tarfile.TarError, OSError) as e:
-        raise FormatError(f"{path} is not a readable kiln .tar export: {e}") from None
-
-
-def _unpack_zst(path: str) -> bytes:
-    """Decompress a .zst library, refusing frames that claim or grow past a sane size."""
-    import zstandard
-
-    try:
-        with open(path, "rb") as f:
-            packed = f.read()
-    except OSError as e:
-        raise FormatError(f"cannot read {path}: {e}") from None
-    try:
-        params = zstandard.get_frame_parameters(packed)
-        if params.content_size in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR) \
-                or params.content_size > MAX_UNPACKED:
-            raise FormatError(f"{path}: zstd frame has no sane content size")
-        data = zstandard.ZstdDecompressor().decompress(packed, max_output_size=MAX_UNPACKED)
-    except zstandard.ZstdError as e:
-        raise FormatError(f"{path} is not a valid zstd-compressed library: {e}") from None
-    if len(data) != params.content_size:
-        raise FormatError(f"{path}: decompressed to {len(data)} bytes, frame claims "
-                          f"{params.content_size}")
-    return data
-
-
-def _source_bytes(path: str) -> tuple[bytes | None, int | None]:
-    """(library bytes, packed size) for sources that are not a plain .so file."""
-    if path.endswith(".tar") and os.path.isfile(path):
-        return _library_from_tar(path), None
-    if path.endswith(".zst") and os.path.isfile(path):
-        return _unpack_zst(path), os.path.getsize(path)
-    return None, None
-
-
-def inspect_file(source: str | os.PathLike | bytes, *, verify: str = "full",
-                 trusted_keys: Iterable[Any] | None = None, compat: bool = True) -> CheckedFile:
-    """Map and check a library (any accepted form) without loading its native code.
+def inspect_file(source: str | os.PathLike | bytes | bytearray | memoryview, *,
+                 verify: str = "full", trusted_keys: Iterable[Any] | None = None,
+                 compat: bool = True, max_size: int | None = None,
+                 name: str | None = None) -> CheckedFile:
+    """Read a library (any accepted form) once and check it, without loading its code.
 
     compat=False skips the machine check, to inspect a library built for another machine.
+    max_size caps the bytes a load copies into memory (default_max_size()). name: what
+    messages call a library given as bytes.
     """
+    if verify not in VERIFY_MODES:
+        raise KilnError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
     keys = list(trusted_keys) if trusted_keys is not None else None
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data, where, packed = bytes(source), "<library in memory>", None
-    else:
-        where = os.fspath(source)
-        data, packed = _source_bytes(where)
-    if data is None:
-        return _check(where, where, verify, keys, compat)
-    fd = _memfd(data)
+    full = verify == "full" or keys is not None
+    limit = default_max_size() if max_size is None else max_size
+    source_ = open_source(source, limit, name)
     try:
-        checked = _check(f"/proc/self/fd/{fd}", where, verify, keys, compat)
-    except BaseException:
-        os.close(fd)
-        raise
-    checked.packed_size, checked.fd = packed, fd
-    return checked
+        elf, layout = _locate(source_.read, source_.size, source_.where)
+        weights, owner = source_.weights(layout.weights_offset, layout.weights_size,
+                                                  copy=full)
+        fd = _seal_image(source_, layout)
+        try:
+            blob, machine, signer_id = _check_image(fd, source_.size, layout, weights,
+                                                    source_.where, full, keys, compat)
+        except BaseException:
+            os.close(fd)
+            raise
+    finally:
+        if isinstance(source_, FileSource):
+            os.close(source_.fd)
+    return CheckedFile(source_.where, fd, blob, machine, signer_id, source_.size,
+                       source_.packed, isinstance(source_, FileSource) and not full, [owner])
+
+
+def _guard_weights(checked: CheckedFile, native: ctypes.CDLL) -> ctypes.c_int | None:
+    """Guard weights mapped from a file against its truncation (the library's support unit
+    turns the SIGBUS into a flag); returns that flag, or None when nothing needs guarding."""
+    if not checked.weights_in_place or not checked.blob.weights:
+        return None
+    import numpy as np
+
+    mapped = checked._owners[0]
+    start = np.frombuffer(mapped, dtype=np.uint8).ctypes.data
+    slot = native.kiln_guard_weights(ctypes.c_void_p(start), ctypes.c_size_t(len(mapped)))
+    if slot < 0:
+        raise FormatError(f"{checked.where}: cannot guard its weights against truncation "
+                          "(too many libraries loaded with verify='header'); load it with "
+                          "verify='full'")
+    weakref.finalize(mapped, native.kiln_guard_release, slot)
+    return ctypes.c_int.in_dll(native, "kiln_weights_lost")
 
 
 def load_module(source: str | os.PathLike | bytes | bytearray | memoryview, *,
-                verify: str = "full", trusted_keys: Iterable[Any] | None = None) -> Library:
+                verify: str = "full", trusted_keys: Iterable[Any] | None = None,
+                max_size: int | None = None) -> Library:
     """Load a kiln library: a .so path, a .tar or .so.zst export, or the library's bytes.
 
-    Everything is checked before the dynamic loader sees the code. verify="full" (default)
-    hashes the weights too; verify="header" skips that for the fastest load. trusted_keys
-    (Ed25519 public keys or PEM paths) demands a valid signature by one of them and always
-    checks everything.
+    Everything is checked before the dynamic loader sees the code, and what it loads is the
+    checked copy. verify="full" (default) hashes the weights into a private copy;
+    verify="header" skips that for the fastest load and reads weights in place from the
+    file. trusted_keys (Ed25519 public keys or PEM paths) demands a valid signature by one
+    of them and always checks everything. max_size caps the bytes copied into memory.
     """
-    checked = inspect_file(source, verify=verify, trusted_keys=trusted_keys)
-    where = "<library in memory>" if isinstance(source, (bytes, bytearray, memoryview)) \
-        else os.fspath(source)
+    checked = inspect_file(source, verify=verify, trusted_keys=trusted_keys, max_size=max_size)
     try:
-        target = checked.path if checked.fd is not None else str(Path(checked.path).absolute())
-        native = ctypes.CDLL(target)
+        native = ctypes.CDLL(f"/proc/self/fd/{checked.image_fd}")
     except OSError as e:
-        raise FormatError(f"{where}: the dynamic loader refused the library: {e}") from None
-    finally:
         checked.release()
-    return Library(where, checked, native)
+        raise FormatError(f"{checked.where}: the dynamic loader refused the library: "
+                          f"{e}") from None
+    _LOADED_IMAGES.append(checked.image_fd)
+    return Library(checked.where, checked, native)

@@ -111,9 +111,13 @@ def sign(path: str | os.PathLike, key: KeyLike) -> str:
 
     path = Path(path)
     private = load_private_key(key)
-    inspect_file(path, compat=False).release()  # never sign a damaged file
-    data = bytearray(path.read_bytes())
-    base = _blob_offset(bytes(data), str(path))
+    try:
+        original = path.read_bytes()
+    except OSError as e:
+        raise FormatError(f"cannot read {path}: {e.strerror or e}") from None
+    inspect_file(original, compat=False, name=str(path)).release()  # sign only what was checked
+    data = bytearray(original)
+    base = _blob_offset(original, str(path))
     public = raw_public(private.public_key())
     data[base + SIGNER_OFFSET:base + SIGNER_OFFSET + 32] = public
     signature = private.sign(signed_message(bytes(data[base:base + HEADER_SIZE])))
