@@ -2,9 +2,10 @@
 
     python benchmarks/bench_load.py [--mb 100] [--repeat 5]
 
-kiln maps the weights in place, so loading costs the checks, not reading the file: shown
-with verify="header" (digests of header, manifest and code), verify="full" (also hashes
-every weight with BLAKE3) and trusted_keys (full, plus the Ed25519 signature). Each load
+verify="header" checks header, manifest and code and reads the weights in place (a
+mapping of the file: no copy); verify="full" also copies the weights into private memory
+and hashes them with BLAKE3, so that nothing written to the file later changes what runs;
+trusted_keys is full plus the Ed25519 signature. Each load
 runs in a fresh process, so the OS page cache is the only warm state, as for a service that
 starts up; onnxruntime gets the same treatment.
 """

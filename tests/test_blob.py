@@ -14,7 +14,14 @@ from kiln.runtime.blob import FORMAT_MAJOR, HEADER_SIZE, read_blob, write_blob
 from kiln.runtime.elf import read_elf
 
 ARRAYS = [np.arange(10, dtype=np.float32), np.ones((3, 3), np.int64), np.zeros(0, np.uint8)]
-MANIFEST = {"models": {"default": {"executor": "graph"}}, "kiln_version": "test"}
+# The smallest manifest the schema accepts (kiln.runtime.manifest): a model of no kernels.
+MANIFEST = {"kiln_version": "test",
+            "target": {"kind": "c", "triple": "x86_64-linux-gnu", "features": [], "cflags": [],
+                       "compiler": "cc"},
+            "models": {"default": {"executor": "graph", "inputs": [], "outputs": [],
+                                   "params": [], "arena_bytes": 0, "kernels": [],
+                                   "memory": {"peak_bytes": 0, "unplanned_bytes": 0,
+                                              "buffers": []}}}}
 
 
 def test_round_trip_keeps_manifest_and_aligned_weights():
@@ -85,3 +92,18 @@ def test_random_and_header_mutated_elf_raise_format_error_only(junk, pos, value)
 
 def test_header_size_constant_matches_layout():
     assert HEADER_SIZE == 256
+
+
+@pytest.mark.parametrize("text", [b'{"models":' + b"1" * 5000 + b"}",  # over int()'s digit cap
+                                  b"[" * 100_000 + b"]" * 100_000])  # deeper than recursion
+def test_hostile_manifest_json_is_a_format_error(text):
+    """A manifest that is valid-looking JSON but breaks the parser itself is refused."""
+    from kiln.runtime.blob import FIXED, HEADER, MAGIC, _manifest_digest
+
+    area = text + b"\0" * ((-(HEADER_SIZE + len(text))) % 64)
+    fixed = HEADER.pack(MAGIC, FORMAT_MAJOR, 0, HEADER_SIZE, HEADER_SIZE, len(text),
+                        HEADER_SIZE + len(area), 0, *([bytes(32)] * 4), bytes(64),
+                        bytes(16))[:FIXED]
+    header = fixed + _manifest_digest(fixed, area) + bytes(HEADER_SIZE - FIXED - 32)
+    with pytest.raises(FormatError, match="manifest is not valid JSON"):
+        read_blob(memoryview(header + area), "forged")

@@ -89,7 +89,7 @@ def test_a_swapped_file_never_runs_unchecked_code(mlp, keys, tmp_path):
         t = threading.Thread(target=swap)
         t.start()
         loaded = refused = 0
-        for _ in range(200):
+        while loaded + refused < 200 or (loaded == 0 and refused < 5000):
             try:
                 lib = kiln.load_module(target, trusted_keys=[pub])
                 assert lib.signer_id is not None
@@ -102,7 +102,7 @@ def test_a_swapped_file_never_runs_unchecked_code(mlp, keys, tmp_path):
         """, str(good), str(evil), str(keys / "a.pub"), str(tmp_path))
     assert result.returncode == 0, result.stderr
     loaded, refused = map(int, result.stdout.split())
-    assert loaded + refused == 200
+    assert loaded + refused >= 200
     assert loaded > 0  # the race was real: some loads found the signed library
     assert not marker.exists(), "the swapped-in library's code ran"
 
@@ -124,32 +124,38 @@ def test_writing_into_a_loaded_signed_file_changes_nothing(mlp, keys, tmp_path):
 
 @pytest.mark.parametrize("verify", ["full", "header"])
 def test_truncating_a_loaded_file_never_kills_the_process(mlp, tmp_path, verify):
-    path = tmp_path / "m.so"
+    path, copy = tmp_path / "m.so", tmp_path / "copy.so"
     mlp[0].export_library(path)
+    mlp[0].export_library(copy)
     np.savez(tmp_path / "inputs.npz", **mlp[1])
     result = _child("""
         import os, sys
         import numpy as np
         import kiln
-        path, inputs, verify = sys.argv[1], dict(np.load(sys.argv[2])), sys.argv[3]
-        lib = kiln.load_module(path, verify=verify)
-        gmod = kiln.GraphModule(lib["default"](kiln.cpu(0)))
-        gmod.set_input(**inputs)
-        gmod.run()
-        before = gmod.get_output(0)
+        path, copy, inputs, verify = sys.argv[1], sys.argv[2], dict(np.load(sys.argv[3])), \
+            sys.argv[4]
+        gmods = [kiln.GraphModule(kiln.load_module(p, verify=verify)["default"](kiln.cpu(0)))
+                 for p in (path, copy)]
+        for gmod in gmods:
+            gmod.set_input(**inputs)
+            gmod.run()
+        before = gmods[0].get_output(0)
         for size in (os.path.getsize(path) // 2, 4096, 0):
             os.truncate(path, size)
             try:
-                gmod.run()
-                np.testing.assert_array_equal(before, gmod.get_output(0))
+                gmods[0].run()
+                np.testing.assert_array_equal(before, gmods[0].get_output(0))
                 print("same")
             except kiln.KilnError as e:
                 print("error", "truncated while loaded" in str(e))
-        """, str(path), str(tmp_path / "inputs.npz"), verify)
+        gmods[1].run()  # the same code, loaded from an intact file: unaffected
+        np.testing.assert_array_equal(before, gmods[1].get_output(0))
+        print("intact")
+        """, str(path), str(copy), str(tmp_path / "inputs.npz"), verify)
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.split("\n")[:3]
+    lines = result.stdout.split("\n")[:4]
     # A private copy is immune; weights read in place report the loss instead of crashing.
-    assert lines == (["same"] * 3 if verify == "full" else ["error True"] * 3)
+    assert lines == (["same"] * 3 if verify == "full" else ["error True"] * 3) + ["intact"]
 
 
 def test_two_libraries_from_bytes_each_run_their_own_code(mlp, relu, tmp_path):
@@ -169,6 +175,27 @@ def test_two_packed_libraries_each_run_their_own_code(mlp, relu, tmp_path):
     lib_a, lib_b = kiln.load_module(a), kiln.load_module(b)
     np.testing.assert_allclose(_run(lib_b, relu[1]), np.maximum(relu[1]["x"], 0))
     assert _run(lib_a, mlp[1]).shape == mlp[0]["default"](kiln.cpu(0)).outputs[0][1][0]
+
+
+def test_two_tar_exports_each_run_their_own_code(mlp, relu, tmp_path):
+    a, b = tmp_path / "a.tar", tmp_path / "b.tar"
+    mlp[0].export_library(a)
+    relu[0].export_library(b)
+    lib_a, lib_b = kiln.load_module(a), kiln.load_module(b)
+    np.testing.assert_allclose(_run(lib_b, relu[1]), np.maximum(relu[1]["x"], 0))
+    np.testing.assert_array_equal(_run(lib_a, mlp[1]), _run(kiln.load_module(a), mlp[1]))
+
+
+def test_identical_code_is_loaded_once(mlp, tmp_path):
+    """Libraries whose code digests match share the (checked, identical) native code; each
+    keeps its own weights. (The truncation test shows each one's guard is its own.)"""
+    a, b = tmp_path / "a.so", tmp_path / "b.so"
+    mlp[0].export_library(a)
+    b.write_bytes(a.read_bytes())
+    lib_a, lib_b = kiln.load_module(a), kiln.load_module(b.read_bytes())
+    assert lib_a.native is lib_b.native
+    assert lib_a.blob.weights.obj is not lib_b.blob.weights.obj
+    np.testing.assert_array_equal(_run(lib_a, mlp[1]), _run(lib_b, mlp[1]))
 
 
 def test_a_path_exported_again_loads_the_new_model(mlp, relu, tmp_path):

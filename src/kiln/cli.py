@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections import Counter
@@ -12,19 +13,62 @@ import click
 import numpy as np
 
 from .errors import KilnError
+from .runtime.executor import EXECUTORS
 from .runtime.files import atomic_write
 from .text import size_text
 
 
-def _parse_shape(spec: str) -> tuple[str, tuple[int, ...]]:
-    name, sep, dims = spec.rpartition(":")
-    try:
+class ShapeSpec(click.ParamType):
+    """NAME:DIMxDIM... (e.g. x:1x3x224x224; NAME: for a scalar) -> (name, shape)."""
+
+    name = "NAME:SHAPE"
+
+    def convert(self, value, param, ctx) -> tuple[str, tuple[int, ...]]:
+        name, sep, dims = value.rpartition(":")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x")) if dims else ()
+        except ValueError:
+            shape = None
+        if not sep or not name or shape is None or any(d < 0 for d in shape):
+            self.fail(f"'{value}': expected NAME:DIMxDIM... with dims >= 0, e.g. "
+                      "x:1x3x224x224", param, ctx)
+        return name, shape
+
+
+class DtypeSpec(click.ParamType):
+    """NAME:DTYPE (e.g. ids:int32) -> (name, dtype), DTYPE one kiln compiles."""
+
+    name = "NAME:DTYPE"
+
+    def convert(self, value, param, ctx) -> tuple[str, str]:
+        from .ir.types import DTYPE_SHORT
+
+        name, sep, dtype = value.rpartition(":")
+        if not sep or not name or dtype not in DTYPE_SHORT:
+            self.fail(f"'{value}': expected NAME:DTYPE, DTYPE one of "
+                      f"{', '.join(sorted(DTYPE_SHORT))}", param, ctx)
+        return name, dtype
+
+
+class InputFile(click.ParamType):
+    """NAME=FILE.npy -> (name, the array in FILE)."""
+
+    name = "NAME=FILE.npy"
+
+    def convert(self, value, param, ctx) -> tuple[str, np.ndarray]:
+        name, sep, path = value.partition("=")
         if not sep or not name:
-            raise ValueError
-        return name, tuple(int(d) for d in dims.lower().split("x")) if dims else ()
-    except ValueError:
-        raise click.BadParameter(f"'{spec}': expected NAME:DIMxDIM..., e.g. x:1x3x224x224") \
-            from None
+            self.fail(f"'{value}': expected NAME=FILE.npy", param, ctx)
+        try:
+            array = np.load(path, allow_pickle=False)
+        except OSError as e:
+            self.fail(f"'{value}': cannot read {path}: {e.strerror or e}", param, ctx)
+        except (ValueError, EOFError):
+            self.fail(f"'{value}': {path} is not a .npy file", param, ctx)
+        if not isinstance(array, np.ndarray):
+            array.close()
+            self.fail(f"'{value}': {path} holds several arrays (.npz); give one .npy", param, ctx)
+        return name, array
 
 
 SELFTEST_SEED = 0  # `kiln compile --selftest` embeds what `kiln run` feeds by default
@@ -43,13 +87,13 @@ def main() -> None:
 
 @main.command("compile")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
-@click.option("--input", "-i", "inputs", multiple=True, metavar="NAME:SHAPE",
+@click.option("--input", "-i", "inputs", multiple=True, type=ShapeSpec(),
               help="fix an input's shape, e.g. x:1x3x224x224 (repeatable)")
-@click.option("--dtype", "dtypes", multiple=True, metavar="NAME:DTYPE",
+@click.option("--dtype", "dtypes", multiple=True, type=DtypeSpec(),
               help="override an input's dtype, e.g. ids:int32 (repeatable)")
 @click.option("--output", "-o", required=True, type=click.Path(),
               help="where to write: .so (library), .tar (objects + blob), or a directory")
-@click.option("--executor", type=click.Choice(["graph", "aot"]), default="graph",
+@click.option("--executor", type=click.Choice(list(EXECUTORS)), default="graph",
               show_default=True, help="graph: kernels stepped from Python (profilable); "
               "aot: one native entry point per model")
 @click.option("--params-out", type=click.Path(dir_okay=False), metavar="FILE.safetensors",
@@ -66,12 +110,10 @@ def compile_cmd(model, inputs, dtypes, output, executor, params_out, mcpu, cc,
     from .compiler import build
     from .frontend import from_onnx
 
-    shapes = dict(_parse_shape(s) for s in inputs)
-    dtype_map = dict(d.rsplit(":", 1) for d in dtypes)
     target = {"kind": "c", **({"mcpu": mcpu} if mcpu else {}), **({"cc": cc} if cc else {})}
     try:
         start = time.perf_counter()
-        mod, params = from_onnx(model, shapes=shapes, dtypes=dtype_map)
+        mod, params = from_onnx(model, shapes=dict(inputs), dtypes=dict(dtypes))
         lib = build(mod, params=params, target=target, executor=executor)
         info = {e["name"]: (tuple(e["shape"]), e["dtype"])
                 for e in lib.compiled["default"].spec["inputs"]}
@@ -106,25 +148,18 @@ def _random_inputs(info, seed: int, given=None) -> dict[str, np.ndarray]:
     return feeds
 
 
-def _load_inputs(specs, gmod, seed: int) -> dict[str, np.ndarray]:
-    feeds = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            raise click.BadParameter(f"'{spec}': expected NAME=FILE.npy")
-        feeds[name] = np.load(path)
-    return _random_inputs(gmod.input_info, seed, feeds)
-
-
 @main.command("run")
 @click.argument("library", type=click.Path(exists=True))
-@click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=FILE.npy",
+@click.option("--input", "-i", "inputs", multiple=True, type=InputFile(),
               help="input from a .npy file; inputs not given are random (repeatable)")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="write outputs to .npz")
 @click.option("--model", default="default", show_default=True, help="model in the library")
-@click.option("--seed", default=0, show_default=True, help="seed of the random inputs")
-@click.option("--repeat", default=1, show_default=True, help="runs to time")
-@click.option("--threads", type=int, help="CPU threads (default: $KILN_NUM_THREADS or all)")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="seed of the random inputs")
+@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
+              help="runs to time")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="CPU threads (default: $KILN_NUM_THREADS or all)")
 @click.option("--params", "params_file", type=click.Path(exists=True, dir_okay=False),
               help="weights (.safetensors) for a library exported without them")
 @click.option("--profile", is_flag=True, help="print the time of each kernel (graph executor)")
@@ -137,9 +172,9 @@ def run_cmd(library, inputs, output, model, seed, repeat, threads, params_file,
         gmod = GraphModule(load_module(library)[model](cpu(0, num_threads=threads)))
         if params_file:
             gmod.load_params(params_file)
-        gmod.set_input(**_load_inputs(inputs, gmod, seed))
+        gmod.set_input(**_random_inputs(gmod.input_info, seed, dict(inputs)))
         times = []
-        for _ in range(max(1, repeat)):
+        for _ in range(repeat):
             start = time.perf_counter()
             gmod.run()
             times.append(time.perf_counter() - start)
@@ -181,7 +216,6 @@ def library_summary(checked, path: str) -> dict:
     models = {}
     for name in sorted(m["models"]):
         spec = m["models"][name]
-        regions = m["weights"]
         models[name] = {
             "executor": spec["executor"],
             "inputs": [{k: e[k] for k in ("name", "shape", "dtype")} for e in spec["inputs"]],
@@ -189,7 +223,10 @@ def library_summary(checked, path: str) -> dict:
             "kernels": len(spec["kernels"]),
             "ops": dict(Counter(k["label"] for k in spec["kernels"]).most_common()),
             "params": len(spec["params"]),
-            "param_bytes": sum(regions[p["weight"]]["nbytes"] for p in spec["params"]),
+            # What the weights take, whether in the file or apart (weight None: not packaged).
+            "param_bytes": sum(math.prod(p["shape"]) * np.dtype(p["dtype"]).itemsize
+                               for p in spec["params"]),
+            "params_packaged": all(p["weight"] is not None for p in spec["params"]),
             "memory_peak_bytes": spec["memory"]["peak_bytes"],
             "memory_unplanned_bytes": spec["memory"]["unplanned_bytes"],
             "source": spec.get("source", {}),
@@ -233,9 +270,10 @@ def inspect_cmd(library, as_json) -> None:
                 f"({100 * info['packed_bytes'] / info['file_bytes']:.0f}%)"
     console.print(f"size {size}; {info['signature']}; all digests verified")
     for name, m in info["models"].items():
+        apart = "" if m["params_packaged"] else ", not in the file: run with --params"
         console.print(f"\n[bold]model {name}[/] ({m['executor']} executor): {m['kernels']} "
-                      f"kernels, {m['params']} params ({size_text(m['param_bytes'])}), memory "
-                      f"plan peak {size_text(m['memory_peak_bytes'])} "
+                      f"kernels, {m['params']} params ({size_text(m['param_bytes'])}{apart}), "
+                      f"memory plan peak {size_text(m['memory_peak_bytes'])} "
                       f"(without reuse {size_text(m['memory_unplanned_bytes'])})")
         table = Table("", "name", "shape", "dtype")
         for kind in ("inputs", "outputs"):

@@ -13,7 +13,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 import kiln
 from kiln.errors import ShapeError, UnsupportedOpError
-from tests.util import check_against_ort, check_op, kiln_run, ort_run, single_node_model
+from tests.util import (
+    check_against_ort,
+    check_op,
+    folded_outputs,
+    kiln_run,
+    ort_run,
+    single_node_model,
+)
 
 RNG = np.random.default_rng(0)
 DTYPES = ["float32", "float64", "int8", "int32", "int64", "uint8", "bool"]
@@ -259,9 +266,19 @@ def test_one_hot(axis):
 
 
 def test_one_hot_float_indices_runtime_values():
-    feeds = {"i": np.array([1.0, 0.0, 2.7], np.float32), "v": np.array([0.5, 2.0], np.float32)}
-    check_op("OneHot", feeds, consts={"d": np.array([3.0], np.float32)}, opset=11,
-             node_inputs=["i", "d", "v"])
+    # ONNX says non-integer indices "will be casted to int64 before use": truncated toward zero,
+    # so 2.7 is class 2 and -1.2 is -1, i.e. class 2. onnxruntime (the pinned 1.32) does that;
+    # older releases, and onnx.reference, compare the float itself (2.7 matches no class), so
+    # the expected values are written out from the spec, and onnxruntime must agree with them.
+    feeds = {"i": np.array([1.0, 0.0, 2.7, -0.5, -1.2, 3.5], np.float32),
+             "v": np.array([0.5, 2.0], np.float32)}
+    model = single_node_model("OneHot", feeds, consts={"d": np.array([3.0], np.float32)},
+                              opset=11, node_inputs=["i", "d", "v"])
+    classes = [1, 0, 2, 0, 2, None]  # 3.5 casts to 3, outside [-3, 2]: all off
+    expected = np.array([[2.0 if c == k else 0.5 for k in range(3)] for c in classes], np.float32)
+    for source, run in [("kiln", kiln_run), ("kiln folding", folded_outputs),
+                        ("onnxruntime", ort_run)]:
+        np.testing.assert_array_equal(run(model, feeds)[0], expected, err_msg=source)
 
 
 # Reshape, Flatten, Squeeze, Unsqueeze (all become the reshape view) --------------------------

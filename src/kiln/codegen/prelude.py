@@ -56,8 +56,8 @@ static inline float kiln_expf(float x) {
 # run-time choice, not a property of the library. The weights guard keeps a truncated file
 # from killing the process: weights read in place from a library file (verify="header") are a
 # mapping of that file, and touching a page past a shortened file's end raises SIGBUS. The
-# guard maps a zero page there instead and raises kiln_weights_lost, which the runtime
-# reports after the run; a fault anywhere else goes to the previous handler.
+# guard maps a zero page there instead and marks the range's slot in kiln_guard_lost, which
+# the runtime reports after the run; a fault anywhere else goes to the previous handler.
 SUPPORT_NAME = "kiln_support"
 SUPPORT_SOURCE = r"""#define _GNU_SOURCE
 #include <omp.h>
@@ -74,7 +74,7 @@ int kiln_max_threads(void) { return omp_get_max_threads(); }
 static volatile uintptr_t guard_lo[KILN_GUARD_SLOTS], guard_hi[KILN_GUARD_SLOTS];
 static struct sigaction guard_previous;
 static uintptr_t guard_page;
-volatile sig_atomic_t kiln_weights_lost;
+volatile sig_atomic_t kiln_guard_lost[KILN_GUARD_SLOTS];
 
 static void guard_handler(int sig, siginfo_t *info, void *context) {
     uintptr_t at = (uintptr_t)info->si_addr;
@@ -83,7 +83,7 @@ static void guard_handler(int sig, siginfo_t *info, void *context) {
             void *page = (void *)(at & ~(guard_page - 1));
             if (mmap(page, guard_page, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
                      0) != MAP_FAILED) {
-                kiln_weights_lost = 1;
+                kiln_guard_lost[k] = 1;
                 return;
             }
         }
@@ -97,7 +97,8 @@ static void guard_handler(int sig, siginfo_t *info, void *context) {
     }
 }
 
-/* Guard [start, start + size); returns the slot to release, or -1 when none is free. */
+/* Guard [start, start + size); returns its slot (to read in kiln_guard_lost and to release),
+   or -1 when none is free. */
 int kiln_guard_weights(void *start, size_t size) {
     if (guard_page == 0) {
         struct sigaction action = {0};
@@ -109,6 +110,7 @@ int kiln_guard_weights(void *start, size_t size) {
     }
     for (int k = 0; k < KILN_GUARD_SLOTS; k++) {
         if (guard_hi[k] == 0) {
+            kiln_guard_lost[k] = 0;
             guard_lo[k] = (uintptr_t)start;
             guard_hi[k] = (uintptr_t)start + size;
             return k;

@@ -2,11 +2,13 @@
 
 The default target is the host CPU (-march=native where the compiler supports it); the
 features the code may use are read back from the compiler's predefined macros, so they
-are exact for any compiler and flag set, cross compilers included.
+are exact for any compiler and flag set, cross compilers included. A digest of all those
+macros is what the flags resolve to, and keys the object cache (toolchain.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -52,6 +54,9 @@ class Target:
     triple: str
     features: tuple[str, ...]
     compiler_id: str  # the compiler's version banner: part of every cache key
+    # A digest of the compiler's predefined macros for cflags: what they resolve to on this
+    # machine (-march=native differs per CPU), part of every cache key.
+    macros_digest: str
 
     @property
     def arch(self) -> str:
@@ -73,13 +78,16 @@ def _run(cmd: list[str], stdin: str = "") -> str:
 
 
 @cache
-def _probe(cc: str, cflags: tuple[str, ...]) -> tuple[str, tuple[str, ...], str]:
+def _probe(cc: str, cflags: tuple[str, ...]) -> tuple[str, tuple[str, ...], str, str]:
+    """cc's triple, the CPU features cflags enable, its version banner and a digest of its
+    predefined macros for cflags; asked once per process for each cc and flag set."""
     triple = _run([cc, "-dumpmachine"]).strip()
     banner = _run([cc, "--version"]).splitlines()[0].strip()
     macros = _run([cc, *cflags, "-dM", "-E", "-x", "c", "-"], "")
     defined = set(re.findall(r"#define (\w+)", macros))
     features = tuple(sorted({f for m, f in FEATURE_MACROS.items() if m in defined}))
-    return triple, features, banner
+    digest = hashlib.sha256("\n".join(sorted(macros.splitlines())).encode()).hexdigest()
+    return triple, features, banner, digest
 
 
 def _default_cc() -> str:
@@ -112,8 +120,7 @@ def resolve_target(spec: str | dict[str, Any] | Target | None = None) -> Target:
     if is_x86:
         arch_flags += X86_FLAGS
     cflags = BASE_FLAGS + arch_flags + tuple(spec.get("cflags", ()))
-    triple, features, banner = _probe(cc, cflags)
-    return Target(cc, cflags, triple, features, banner)
+    return Target(cc, cflags, *_probe(cc, cflags))
 
 
 def _native_ok(cc: str) -> bool:

@@ -1,8 +1,11 @@
 """The toolchain: C source -> object files (cached by content hash) -> one shared library.
 
 The object cache lives in $KILN_CACHE_DIR (default ~/.cache/kiln); its key covers the
-source, the compiler's identity and every flag, so a cached object is always the object
-the compiler would produce now.
+source, the compiler's identity, every flag and what the flags resolve to on this machine
+(the compiler's predefined macros: -march=native means another CPU on another host), so a
+cached object is always the object the compiler would produce now, even in a shared cache.
+Sources go to the compiler on stdin and objects straight into the cache (an atomic write);
+linking works in a private work folder (kiln.runtime.files), so nothing is left behind.
 """
 
 from __future__ import annotations
@@ -11,13 +14,12 @@ import hashlib
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import CompileError
-from ..runtime.files import atomic_write
+from ..runtime.files import atomic_path, work_folder
 from .render import KernelSource
 from .target import Target
 
@@ -28,23 +30,24 @@ def cache_dir() -> Path:
     return root
 
 
+def object_key(kernel: KernelSource, target: Target) -> str:
+    """The object cache key of kernel on target: everything that decides the object's bytes."""
+    parts = [kernel.source, target.cc, target.compiler_id, target.macros_digest, *target.cflags]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
 def _compile_one(kernel: KernelSource, target: Target) -> bytes:
-    key = hashlib.sha256("\0".join([kernel.source, target.cc, target.compiler_id,
-                                    *target.cflags]).encode()).hexdigest()
-    cached = cache_dir() / "obj" / f"{key}.o"
+    cached = cache_dir() / "obj" / f"{object_key(kernel, target)}.o"
     if cached.exists():
         return cached.read_bytes()
     cached.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="kiln-cc-") as tmp:
-        src, obj = Path(tmp) / "kernel.c", Path(tmp) / "kernel.o"
-        src.write_text(kernel.source)
-        cmd = [target.cc, *target.cflags, "-c", str(src), "-o", str(obj)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
+    with atomic_path(cached) as obj:
+        cmd = [target.cc, *target.cflags, "-c", "-x", "c", "-", "-o", str(obj)]
+        done = subprocess.run(cmd, input=kernel.source, capture_output=True, text=True)
         if done.returncode != 0:
             raise CompileError(f"compiling kernel {kernel.name} failed ({' '.join(cmd)}):\n"
                                f"{done.stderr.strip()[:4000]}")
         data = obj.read_bytes()
-    atomic_write(cached, data)
     return data
 
 
@@ -74,10 +77,10 @@ def blob_asm(blob_path: Path) -> str:
             '.section .note.GNU-stack,"",%progbits\n')
 
 
-def link_shared_library(objects: dict[str, bytes], blob: bytes, target: Target, out: Path) -> None:
-    """Link the kernel objects and the blob (as the non-loaded section .kiln) into out."""
-    with tempfile.TemporaryDirectory(prefix="kiln-link-") as tmp:
-        work = Path(tmp)
+def link_shared_library(objects: dict[str, bytes], blob: bytes, target: Target) -> bytes:
+    """The shared library linked from the kernel objects and the blob (as the non-loaded
+    section .kiln), as bytes."""
+    with work_folder("link") as work:
         paths = []
         for name in sorted(objects):
             p = work / f"{name}.o"
@@ -85,9 +88,10 @@ def link_shared_library(objects: dict[str, bytes], blob: bytes, target: Target, 
             paths.append(str(p))
         (work / "blob.bin").write_bytes(blob)
         (work / "blob.s").write_text(blob_asm(work / "blob.bin"))
-        cmd = [target.cc, *target.cflags, "-shared", "-o", str(out), *paths, str(work / "blob.s"),
-               "-lm", "-Wl,-z,noexecstack"]
+        cmd = [target.cc, *target.cflags, "-shared", "-o", "lib.so", *paths, "blob.s", "-lm",
+               "-Wl,-z,noexecstack"]
         done = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
         if done.returncode != 0:
-            raise CompileError(f"linking {out.name} failed ({' '.join(cmd)}):\n"
+            raise CompileError(f"linking the library failed ({' '.join(cmd)}):\n"
                                f"{done.stderr.strip()[:4000]}")
+        return (work / "lib.so").read_bytes()

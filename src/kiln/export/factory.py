@@ -11,7 +11,6 @@ import io
 import json
 import os
 import tarfile
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,10 +153,7 @@ class FactoryModule:
 
     def _link(self, blob: bytes) -> bytes:
         """The sealed native library's bytes."""
-        with tempfile.TemporaryDirectory(prefix="kiln-export-") as tmp:
-            lib = Path(tmp) / "lib.so"
-            link_shared_library(self._objects(), blob, self.target, lib)
-            data = bytearray(lib.read_bytes())
+        data = bytearray(link_shared_library(self._objects(), blob, self.target))
         section = read_elf(memoryview(bytes(data)), "linked library").sections[SECTION]
         seal = code_digest(bytes(data), section.offset, section.size)
         data[section.offset + CODE_DIGEST_OFFSET:section.offset + CODE_DIGEST_OFFSET + 32] = seal

@@ -291,8 +291,8 @@ def _one_hot_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
 
 
 def _one_hot_reference(arrs: list[np.ndarray], a: Attrs) -> list[np.ndarray]:
-    wide = np.float64 if arrs[0].dtype.kind == "f" else np.int64  # 2.5 matches no class
-    idx, values = arrs[0].astype(wide), arrs[1].reshape(-1)
+    # Non-integer indices are cast to int64 (truncated: 2.7 is class 2), as ONNX specifies.
+    idx, values = arrs[0].astype(np.int64), arrs[1].reshape(-1)
     depth, axis = a["depth"], a["axis"]
     idx = np.where(idx < 0, idx + depth, idx)
     classes = np.arange(depth).reshape((depth,) + (1,) * (idx.ndim - axis))

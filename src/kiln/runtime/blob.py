@@ -179,8 +179,8 @@ def read_blob(buf: memoryview, where: str, *, verify_weights: bool = True,
                           "file is damaged")
     try:
         manifest = json.loads(bytes(buf[m_off:m_off + m_size]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FormatError(f"{where}: manifest is not valid JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, huge ints, deep nesting
+        raise FormatError(f"{where}: manifest is not valid JSON: {str(e)[:200]}") from None
     check_manifest(manifest, where)
     if weights is None:
         weights = buf[w_off:w_off + w_size]

@@ -17,27 +17,35 @@ import ctypes
 import fcntl
 import mmap
 import os
+import threading
 import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from ..errors import FormatError, KilnError, VerificationError
 from .blob import HEADER_SIZE, Blob, code_digest, read_blob, weights_span
 from .compat import check_compatible
 from .device import Device, device
-from .elf import ElfInfo, Reader, read_elf, read_elf_at
+from .elf import Reader, read_elf, read_elf_at
 from .source import CHUNK, FileSource, Source, default_max_size, open_source
 
 SECTION = ".kiln"
 VERIFY_MODES = ("full", "header")
 
 
-# The descriptors of loaded code images, held for the life of the process. The dynamic
-# loader never unloads a library loaded through ctypes, and it knows each one by the name it
-# was opened under (/proc/self/fd/N): if N were closed and reused, a later load under the
-# same name would get the earlier library's code.
-_LOADED_IMAGES: list[int] = []
+GUARD_SLOTS = 64  # KILN_GUARD_SLOTS of the support unit (codegen/prelude.py)
+
+# Native code loaded in this process, by code digest (which covers every byte of a library
+# outside its blob). A library whose code was loaded before shares it: the bytes are the
+# ones checked. Each entry keeps its image's descriptor open for the life of the process:
+# the dynamic loader never unloads code loaded through ctypes and knows it by the name it
+# was opened under (/proc/self/fd/N); were N closed and reused, a later load under that
+# name would get this library's code.
+_LOADED: dict[bytes, ctypes.CDLL] = {}
+_LOADING = threading.Lock()
 
 
 class Library:
@@ -50,7 +58,7 @@ class Library:
         self.signer_id = checked.signer_id
         self.native = native
         # Weights mapped from a file can vanish if it is truncated: see _guard_weights.
-        self.weights_lost = _guard_weights(checked, native)
+        self._guard = _guard_weights(checked, native)
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -63,7 +71,7 @@ class Library:
 
     def check_weights(self) -> None:
         """Raise FormatError if the file the weights are read from was truncated under us."""
-        if self.weights_lost is not None and self.weights_lost.value:
+        if self._guard is not None and self._guard[0][self._guard[1]]:
             raise FormatError(f"{self.path} was truncated while loaded: weights past its new "
                               "end read as zeros, so results are wrong. It was loaded with "
                               "verify='header', which reads weights in place; reload it (the "
@@ -107,7 +115,7 @@ class CheckedFile:
     file_size: int
     packed_size: int | None = None  # size of the .zst it came from
     weights_in_place: bool = False  # weights are a mapping of the file (verify="header")
-    _owners: list[Any] = field(default_factory=list)  # buffers the views above point into
+    weights_owner: Any = None  # the buffer or mapping blob.weights points into
 
     def release(self) -> None:
         """Close the image's descriptor (for a library that is inspected, not loaded)."""
@@ -128,7 +136,8 @@ class _Layout:
     weights_size: int
 
 
-def _locate(read: Reader, size: int, where: str) -> tuple[ElfInfo, _Layout]:
+def _locate(read: Reader, size: int, where: str) -> _Layout:
+    """Find the blob and its weights (all the checks come later, on the sealed image)."""
     elf = read_elf_at(read, size, where)
     section = elf.sections.get(SECTION)
     if section is None:
@@ -137,7 +146,7 @@ def _locate(read: Reader, size: int, where: str) -> tuple[ElfInfo, _Layout]:
     span = weights_span(read(section.offset, HEADER_SIZE)) \
         if section.size >= HEADER_SIZE else None
     w_off, w_size = span if span and span[0] + span[1] <= section.size else (section.size, 0)
-    return elf, _Layout(section.offset, section.size, section.offset + w_off, w_size)
+    return _Layout(section.offset, section.size, section.offset + w_off, w_size)
 
 
 def _seal_image(source: Source, layout: _Layout) -> int:
@@ -213,7 +222,7 @@ def inspect_file(source: str | os.PathLike | bytes | bytearray | memoryview, *,
     limit = default_max_size() if max_size is None else max_size
     source_ = open_source(source, limit, name)
     try:
-        elf, layout = _locate(source_.read, source_.size, source_.where)
+        layout = _locate(source_.read, source_.size, source_.where)
         weights, owner = source_.weights(layout.weights_offset, layout.weights_size,
                                                   copy=full)
         fd = _seal_image(source_, layout)
@@ -227,25 +236,28 @@ def inspect_file(source: str | os.PathLike | bytes | bytearray | memoryview, *,
         if isinstance(source_, FileSource):
             os.close(source_.fd)
     return CheckedFile(source_.where, fd, blob, machine, signer_id, source_.size,
-                       source_.packed, isinstance(source_, FileSource) and not full, [owner])
+                       source_.packed, isinstance(source_, FileSource) and not full, owner)
 
 
-def _guard_weights(checked: CheckedFile, native: ctypes.CDLL) -> ctypes.c_int | None:
+def _guard_weights(checked: CheckedFile, native: ctypes.CDLL) -> tuple[Any, int] | None:
     """Guard weights mapped from a file against its truncation (the library's support unit
-    turns the SIGBUS into a flag); returns that flag, or None when nothing needs guarding."""
+    turns the SIGBUS into a flag); returns (the flags, this mapping's slot), or None when
+    nothing needs guarding."""
     if not checked.weights_in_place or not checked.blob.weights:
         return None
-    import numpy as np
-
-    mapped = checked._owners[0]
+    guard = getattr(native, "kiln_guard_weights", None)
+    if guard is None:  # built by an older kiln, without the guard: copy the weights instead
+        checked.blob.weights = memoryview(bytes(checked.blob.weights))
+        return None
+    mapped = checked.weights_owner
     start = np.frombuffer(mapped, dtype=np.uint8).ctypes.data
-    slot = native.kiln_guard_weights(ctypes.c_void_p(start), ctypes.c_size_t(len(mapped)))
+    slot = guard(ctypes.c_void_p(start), ctypes.c_size_t(len(mapped)))
     if slot < 0:
         raise FormatError(f"{checked.where}: cannot guard its weights against truncation "
-                          "(too many libraries loaded with verify='header'); load it with "
-                          "verify='full'")
+                          f"({GUARD_SLOTS} libraries with this code are loaded with "
+                          "verify='header'); load it with verify='full'")
     weakref.finalize(mapped, native.kiln_guard_release, slot)
-    return ctypes.c_int.in_dll(native, "kiln_weights_lost")
+    return (ctypes.c_int * GUARD_SLOTS).in_dll(native, "kiln_guard_lost"), slot
 
 
 def load_module(source: str | os.PathLike | bytes | bytearray | memoryview, *,
@@ -260,11 +272,16 @@ def load_module(source: str | os.PathLike | bytes | bytearray | memoryview, *,
     of them and always checks everything. max_size caps the bytes copied into memory.
     """
     checked = inspect_file(source, verify=verify, trusted_keys=trusted_keys, max_size=max_size)
-    try:
-        native = ctypes.CDLL(f"/proc/self/fd/{checked.image_fd}")
-    except OSError as e:
-        checked.release()
-        raise FormatError(f"{checked.where}: the dynamic loader refused the library: "
-                          f"{e}") from None
-    _LOADED_IMAGES.append(checked.image_fd)
+    with _LOADING:
+        native = _LOADED.get(checked.blob.code_digest)
+        if native is not None:
+            checked.release()
+        else:
+            try:
+                native = ctypes.CDLL(f"/proc/self/fd/{checked.image_fd}")
+            except OSError as e:
+                checked.release()
+                raise FormatError(f"{checked.where}: the dynamic loader refused the library: "
+                                  f"{e}") from None
+            _LOADED[checked.blob.code_digest] = native
     return Library(checked.where, checked, native)

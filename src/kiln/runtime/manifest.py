@@ -7,6 +7,11 @@ field (`models['default'].inputs[0].shape must be a list of ints >= 0, got ['x']
 KeyError or AttributeError later. Keys not named here are ignored (minor versions add
 optional fields). The schema is data, one table per record; a field's path is built only when
 a check fails, so checking costs a few microseconds per kernel.
+
+Left to their readers, which need the weights: where a weight region lies in the weights
+section (Blob.weight) and whether its size fits the tensor it holds (the executor, the
+self-test). Beyond any schema: whether the native code agrees with the manifest (how many
+bytes a kernel really touches); the digests and the signature vouch for that.
 """
 
 from __future__ import annotations
@@ -108,9 +113,12 @@ def _strings(value: Any) -> None:
     raise _Bad("be a list of strings", value)
 
 
-def _c_name(value: Any) -> None:
-    if type(value) is not str or not (value.isascii() and value.isidentifier()):
-        raise _Bad("be a C identifier", value)
+def _symbol(value: Any) -> None:
+    """A kernel or entry point: a C identifier in kiln's namespace, so that a forged manifest
+    cannot have an executor call a C library function (abort, system) by name."""
+    if type(value) is not str or not value.startswith("kiln_") \
+            or not (value.isascii() and value.isidentifier()):
+        raise _Bad("be a kiln symbol (a C identifier starting kiln_)", value)
 
 
 def _tolerance(value: Any) -> None:
@@ -200,7 +208,7 @@ _TENSOR = _record("a tensor {name, shape, dtype, loc}",
 _PARAM = _record("a param {name, shape, dtype, weight}",
                  {"name": _STR, "shape": _shape, "dtype": _DTYPE, "weight": _nullable(_INDEX)})
 _KERNEL = _record("a kernel {func, label, node, shapes, args}",
-                  {"func": _c_name, "label": _STR, "node": _STR,
+                  {"func": _symbol, "label": _STR, "node": _STR,
                    "shapes": _list_of(_shape, "shapes"), "args": _list_of(_loc, "locations")},
                   {"inputs": _strings, "outputs": _strings})
 _BUFFER = _record("a buffer {tensor, offset, size, first, last}",
@@ -226,7 +234,7 @@ _MODEL = _record("a model entry (a JSON object)",
                   "outputs": _list_of(_TENSOR, "tensors"),
                   "params": _list_of(_PARAM, "params"), "arena_bytes": _SIZE,
                   "kernels": _list_of(_KERNEL, "kernels"), "memory": _MEMORY},
-                 {"entry": _c_name, "ir": _STR, "source": _SOURCE, "build": _BUILD,
+                 {"entry": _symbol, "ir": _STR, "source": _SOURCE, "build": _BUILD,
                   "selftest": _list_of(_VECTOR, "self-test vectors")})
 _TARGET = _record("a target {kind, triple, features, cflags, compiler}",
                   {"kind": _STR, "triple": _STR, "features": _strings, "cflags": _strings,
@@ -283,6 +291,24 @@ def _io_tensor(t: dict[str, Any], arena: int, params: set[str], is_input: bool) 
         raise e.at(".loc") from None
 
 
+def _kernel_args(kernel: dict[str, Any], arena: int, params: set[str]) -> None:
+    """Each arg names a param or lies in the arena; with the kernel's tensor names known (not
+    in older files), there is one arg per input and output, and outputs are in the arena."""
+    args = kernel["args"]
+    first_output = len(args)
+    if "inputs" in kernel and "outputs" in kernel:
+        first_output = len(kernel["inputs"])
+        if len(args) != first_output + len(kernel["outputs"]):
+            raise _Bad("hold one location per kernel input and output", args).at(".args")
+    for j, loc in enumerate(args):
+        try:
+            if j >= first_output and "param" in loc:
+                raise _Bad("be an arena location (a kernel writes its outputs there)", loc)
+            _place(loc, arena, params)
+        except _Bad as e:
+            raise e.at(f".args[{j}]") from None
+
+
 def _model_refs(model: dict[str, Any], regions: int) -> None:
     """The model's locations, weight indices, executor entry and vectors point somewhere."""
     params = set()
@@ -304,16 +330,10 @@ def _model_refs(model: dict[str, Any], regions: int) -> None:
             except _Bad as e:
                 raise e.at(f".{kind}[{k}]") from None
     for k, kernel in enumerate(model["kernels"]):
-        args = kernel["args"]
-        if "inputs" in kernel and "outputs" in kernel \
-                and len(args) != len(kernel["inputs"]) + len(kernel["outputs"]):
-            raise _Bad("hold one location per kernel input and output", args) \
-                .at(f".kernels[{k}].args")
-        for j, loc in enumerate(args):
-            try:
-                _place(loc, arena, params)
-            except _Bad as e:
-                raise e.at(f".kernels[{k}].args[{j}]") from None
+        try:
+            _kernel_args(kernel, arena, params)
+        except _Bad as e:
+            raise e.at(f".kernels[{k}]") from None
     if model["executor"] == "aot" and "entry" not in model:
         raise _Bad(" (an aot model runs through its entry point)", _MISSING).at(".entry")
     for k, vector in enumerate(model.get("selftest", ())):

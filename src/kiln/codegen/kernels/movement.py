@@ -14,7 +14,6 @@ from .registry import (
     SERIAL_WORK,
     KernelContext,
     expression_work,
-    is_float,
     kernel,
     lit,
     parallel_for,
@@ -238,13 +237,12 @@ def _pad(ctx: KernelContext) -> str:
 def _one_hot(ctx: KernelContext) -> str:
     depth, axis, shape = ctx.attrs["depth"], ctx.attrs["axis"], ctx.in_types[0].shape
     inner = _numel(shape[axis:])
-    wide = "double" if is_float(ctx.in_types[0].dtype) else "int64_t"  # 2.5 matches no class
     store = ctx.store(f"(o * {depth} + d) * {inner} + k",
                       f"q == d ? {ctx.ins[1]}[1] : {ctx.ins[1]}[0]")
     return (
         f"for (int64_t o = 0; o < {_numel(shape[:axis])}; ++o) {{\n"
         f"    for (int64_t k = 0; k < {inner}; ++k) {{\n"
-        f"        {wide} q = ({wide}){ctx.ins[0]}[o * {inner} + k];\n"
+        f"        int64_t q = (int64_t){ctx.ins[0]}[o * {inner} + k];  /* ONNX: cast */\n"
         f"        if (q < 0) q += {depth};\n"
         f"        for (int64_t d = 0; d < {depth}; ++d) {store}\n"
         f"    }}\n}}"
