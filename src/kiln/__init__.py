@@ -12,6 +12,7 @@ from .errors import (
     FormatError,
     InputError,
     KilnError,
+    LimitError,
     ModelImportError,
     NotConstantError,
     ShapeError,
@@ -39,7 +40,8 @@ def __getattr__(name: str):
 
 __all__ = [
     "CompatibilityError", "CompileError", "Device", "ExportError", "FormatError", "GraphModule",
-    "InputError", "KilnError", "Library", "ModelImportError", "NotConstantError", "ShapeError",
-    "UnsupportedOpError", "VerificationError", "__version__", "build", "cpu", "device",
-    "from_onnx", "keygen", "link", "load_module", "load_params", "pack", "sign", "verify",
+    "InputError", "KilnError", "Library", "LimitError", "ModelImportError", "NotConstantError",
+    "ShapeError", "UnsupportedOpError", "VerificationError", "__version__", "build", "cpu",
+    "device", "from_onnx", "keygen", "link", "load_module", "load_params", "pack", "sign",
+    "verify",
 ]

@@ -15,12 +15,13 @@ from .codegen.aot import render_entry
 from .codegen.render import render_kernel
 from .codegen.target import Target, resolve_target
 from .codegen.toolchain import compile_kernels
-from .errors import CompileError
+from .errors import CompileError, KilnError, LimitError
 from .export.factory import CompiledModel, FactoryModule
 from .ir import Module, Value
 from .passes.fuse import fuse
-from .passes.memory_plan import MemoryPlan, plan_memory
+from .passes.memory_plan import MemoryPlan, check_arena, plan_memory
 from .passes.pipeline import PASSES, optimize
+from .runtime.compat import physical_memory
 
 
 def _location(v: Value, plan: MemoryPlan, params: set[str]) -> dict[str, Any]:
@@ -38,12 +39,25 @@ def _tensor(name: str, v: Value, plan: MemoryPlan, params: set[str]) -> dict[str
 EXECUTORS = ("graph", "aot")
 
 
+def verify_between_passes() -> bool:
+    """Whether $KILN_VERIFY asks for the IR verifier after every pass (the tests set it)."""
+    value = os.environ.get("KILN_VERIFY", "")
+    if value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.strip().lower() in ("", "0", "false", "no", "off"):
+        return False
+    raise KilnError(f"KILN_VERIFY={value!r}: use 1, true, yes or on to verify the IR after "
+                    "every pass; 0, false, no, off or empty not to")
+
+
 def compile_model(mod: Module, target: Target, *, executor: str = "graph",
-                  progress: bool | None = None) -> CompiledModel:
-    """Optimize, fuse, plan and compile one bound module for the given executor kind."""
-    mod = optimize(mod, check=bool(os.environ.get("KILN_VERIFY")))
+                  progress: bool | None = None, max_memory: int | None = None) -> CompiledModel:
+    """Optimize, fuse, plan and compile one bound module for the given executor kind;
+    a plan whose arena is over max_memory bytes is refused before compiling."""
+    mod = optimize(mod, check=verify_between_passes())
     groups = fuse(mod)
     plan = plan_memory(mod, groups)
+    check_arena(plan, max_memory, mod.name)
     kernels = [render_kernel(g) for g in groups]
     objects = compile_kernels(kernels, target, progress=progress)
     params = {p.name for p in mod.graph.params}
@@ -86,6 +100,7 @@ def build(
     params: dict[str, np.ndarray] | None = None,
     executor: str = "graph",
     progress: bool | None = None,
+    max_memory: int | None = None,
 ) -> FactoryModule:
     """Compile a module (or {name: module}) for target; params binds the weights by name.
 
@@ -93,9 +108,16 @@ def build(
 
     executor: "graph" (Python steps through the kernels; can profile them) or "aot" (one
     generated C entry point runs the whole model in a single native call).
+
+    max_memory: the largest arena (peak intermediate memory, in bytes) a model may plan; a
+    bigger plan is refused with LimitError. Default: this machine's physical memory.
     """
     if executor not in EXECUTORS:
         raise CompileError(f"unknown executor {executor!r}; choose one of {list(EXECUTORS)}")
+    if max_memory is None:
+        max_memory = physical_memory()
+    elif isinstance(max_memory, bool) or not isinstance(max_memory, int) or max_memory < 0:
+        raise LimitError(f"max_memory must be a byte count (an int >= 0), got {max_memory!r}")
     tgt = resolve_target(target)
     mods = mod if isinstance(mod, dict) else {"default": mod}
     per_model = isinstance(mod, dict) and params is not None and set(params) == set(mods) \
@@ -104,5 +126,6 @@ def build(
     for name, m in mods.items():
         bound = m.bind(params[name] if per_model else params)
         bound.name = name
-        compiled[name] = compile_model(bound, tgt, executor=executor, progress=progress)
+        compiled[name] = compile_model(bound, tgt, executor=executor, progress=progress,
+                                       max_memory=max_memory)
     return FactoryModule(compiled, tgt)

@@ -28,6 +28,11 @@ class ModelImportError(KilnError):
     """A model file cannot be read or is malformed."""
 
 
+class LimitError(KilnError):
+    """A model needs more memory than a limit allows (a folded constant, the memory plan),
+    or a limit is set to something that is not a byte count."""
+
+
 class VerificationError(KilnError):
     """The IR breaks an invariant (found by the verifier between passes)."""
 

@@ -56,7 +56,8 @@ def test_batch_norm(opset, shape):
 @pytest.mark.parametrize("opset,attrs", [(9, {}), (15, {"training_mode": 1})])
 def test_batch_norm_training_mode_is_unsupported(opset, attrs):
     # Before opset 14, listing the statistics outputs is what asks for training mode.
-    stats = ["y", "mean", "var"] + (["saved_mean", "saved_var"] if opset < 14 else [])
+    stats = ["y", "running_mean", "running_var"]
+    stats += ["saved_mean", "saved_var"] if opset < 14 else []
     model = single_node_model("BatchNormalization", {"x": _data((2, 3, 4))}, opset=opset,
                               consts=_bn_params(3), outputs=dict.fromkeys(stats, "float32"),
                               node_name="the_node", **attrs)

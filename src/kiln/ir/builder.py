@@ -1,4 +1,5 @@
-"""GraphBuilder: adds nodes with inferred types, folding those whose inputs are all constant."""
+"""GraphBuilder: adds nodes with inferred types, folding those whose inputs are all constant
+(and whose results are within the folding limit of ir/evaluate.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import KilnError, ShapeError
+from .evaluate import evaluate, fold_refusal
 from .graph import Graph, Module, Node, Value
 from .types import TensorType
 
@@ -17,6 +19,9 @@ class GraphBuilder:
     def __init__(self) -> None:
         self.graph = Graph()
         self.constants: dict[str, np.ndarray] = {}
+        # Values computable from constants alone but left to run time, with the reason (their
+        # size, or an input's): a converter needing one at compile time names it.
+        self.unfolded: dict[str, str] = {}
         self._names: set[str] = set()
 
     def fresh_name(self, hint: str) -> str:
@@ -50,7 +55,8 @@ class GraphBuilder:
         self, op: str, inputs: list[Value], attrs: dict[str, Any] | None = None, *,
         name: str = "", out_names: list[str] | None = None, fold: bool = True,
     ) -> list[Value]:
-        """Add `op(inputs)`; if every input is constant, evaluate it now and return constants."""
+        """Add `op(inputs)`; if every input is constant, evaluate it now and return constants,
+        unless a result is over the folding limit (then the node stays, in self.unfolded)."""
         from ..ops import get_op
 
         opdef = get_op(op)
@@ -63,19 +69,27 @@ class GraphBuilder:
         except (ValueError, IndexError, KeyError, TypeError) as e:
             raise ShapeError(f"{where}: {e}") from e
         names = out_names or [f"{name or op}_out{i}" for i in range(len(out_types))]
-        arrays = [self.constants.get(v.name) for v in inputs]
-        if fold and all(a is not None for a in arrays):
-            results = [np.asarray(r) for r in opdef.reference(arrays, attrs)]
-            for r, t in zip(results, out_types, strict=True):
-                if TensorType.of(r) != t:
-                    raise ShapeError(f"{where}: folded to {TensorType.of(r)}, inferred {t}")
+        computable = fold and all(v.name in self.constants or v.name in self.unfolded
+                                  for v in inputs)
+        refusal = self._refusal(inputs, out_types, where) if computable else None
+        if computable and refusal is None:
+            arrays = [self.constants[v.name] for v in inputs]
+            results = evaluate(opdef.reference, arrays, attrs, out_types, where)
             return [self.add_constant(n, r) for n, r in zip(names, results, strict=True)]
         outputs = [Value(self.fresh_name(n), t) for n, t in zip(names, out_types, strict=True)]
         node = Node(op, list(inputs), outputs, attrs, name)
         for v in outputs:
             v.producer = node
+            if refusal:
+                self.unfolded[v.name] = refusal
         self.graph.nodes.append(node)
         return outputs
+
+    def _refusal(self, inputs: list[Value], types: list[TensorType], where: str) -> str | None:
+        """Why a node computable from constants is not folded (an input's reason, or a result's
+        size), or None when it is folded."""
+        inherited = [self.unfolded[v.name] for v in inputs if v.name in self.unfolded]
+        return inherited[0] if inherited else fold_refusal(where, types)
 
     def finish(self, outputs: list[Value], output_names: list[str] | None = None,
                name: str = "default") -> Module:

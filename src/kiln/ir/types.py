@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import ShapeError
+
+# The largest byte size of a tensor: sizes are int64 in NumPy and in the generated C.
+MAX_TENSOR_BYTES = 2**63 - 1
 
 # The dtypes kiln compiles, mapped to their short printed names.
 DTYPE_SHORT = {
@@ -45,6 +49,9 @@ class TensorType:
         object.__setattr__(self, "dtype", check_dtype(self.dtype))
         if any(d < 0 for d in self.shape):
             raise ShapeError(f"negative dimension in shape {self.shape}")
+        if self.nbytes > MAX_TENSOR_BYTES:
+            raise ShapeError(f"shape {self.shape} of {self.dtype} is {self.nbytes} bytes, over "
+                             f"the int64 limit of {MAX_TENSOR_BYTES}")
 
     @property
     def rank(self) -> int:
@@ -52,7 +59,7 @@ class TensorType:
 
     @property
     def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)  # exact: np.prod would wrap around past int64
 
     @property
     def itemsize(self) -> int:

@@ -3,13 +3,15 @@
 Model inputs and outputs keep their own buffers for the whole run. Reshape outputs share
 their input's buffer. Placement is greedy by size: each buffer takes the lowest offset not
 used by a buffer whose lifetime overlaps. The plan records the peak (the arena size) next
-to the total without reuse.
+to the total without reuse. A plan whose arena is over a limit (by default this machine's
+physical memory) is refused before anything is compiled.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..errors import LimitError
 from ..ir import Module, Value
 from ..ops import VIEW, get_op
 from .fuse import KernelGroup
@@ -92,3 +94,16 @@ def plan_memory(mod: Module, groups: list[KernelGroup]) -> MemoryPlan:
     plan.arena_bytes = max((b.offset + b.size for b in placed), default=0)
     plan.unplanned_bytes = sum(b.size for b in placed)
     return plan
+
+
+def check_arena(plan: MemoryPlan, limit: int | None, model: str) -> None:
+    """Raise LimitError if the plan's arena is over limit bytes (None: no limit)."""
+    if limit is None or plan.arena_bytes <= limit:
+        return
+    big = max(plan.buffers, key=lambda b: b.size)
+    raise LimitError(
+        f"model '{model}': the memory plan needs an arena of {plan.arena_bytes} bytes "
+        f"({plan.arena_bytes / 2**30:.1f} GiB), over the limit of {limit} bytes "
+        f"({limit / 2**30:.1f} GiB); its largest tensor is '{big.value.name}' {big.value.type} "
+        f"({big.size} bytes). Raise the limit with build(..., max_memory=N)"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from functools import cache
 from typing import Any
@@ -28,6 +29,14 @@ def host_features() -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes, None where the OS does not report it."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system that reports it
+        return None
 
 
 def check_compatible(target: Any, elf_machine: str, where: str) -> None:

@@ -11,13 +11,13 @@ Native calls release the GIL, so executors may run in different threads at once.
 from __future__ import annotations
 
 import ctypes
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import FormatError, InputError, KilnError
+from ..errors import FormatError, InputError, KilnError, LimitError
+from .compat import physical_memory
 from .device import Device
 
 if TYPE_CHECKING:
@@ -33,14 +33,14 @@ def _tensor_spec(entry: dict[str, Any]) -> tuple[str, tuple[int, ...], np.dtype]
 def _allocate_arena(nbytes: int, what: str) -> np.ndarray:
     """The raw arena (with room to align it), refused with the sizes named when this machine
     cannot hold it, rather than a bare MemoryError or the OOM killer."""
-    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if nbytes > physical:
-        raise KilnError(f"{what} needs a {nbytes}-byte memory arena; this machine has "
-                        f"{physical} bytes of memory")
+    physical = physical_memory()
+    if physical is not None and nbytes > physical:
+        raise LimitError(f"{what} needs a {nbytes}-byte memory arena; this machine has "
+                         f"{physical} bytes of memory")
     try:
         return np.empty(nbytes + _ALIGN, dtype=np.uint8)
     except MemoryError:
-        raise KilnError(f"{what}: cannot allocate its {nbytes}-byte memory arena") from None
+        raise LimitError(f"{what}: cannot allocate its {nbytes}-byte memory arena") from None
 
 
 def _native(lib: Library, name: str, argtypes: list) -> Any:

@@ -14,6 +14,7 @@ import tarfile
 from typing import Any
 
 from ..errors import FormatError
+from .compat import physical_memory
 
 CHUNK = 8 << 20  # bytes read, hashed or decompressed at a time
 ZSTD_FRAME_HEADER_MAX = 18  # the longest a zstd frame header can be
@@ -24,11 +25,7 @@ Weights = tuple[memoryview, Any]
 
 def default_max_size() -> int:
     """The most bytes a load copies into memory: 8 GiB or half this machine's memory."""
-    try:
-        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (OSError, ValueError):
-        physical = 16 << 30
-    return min(8 << 30, physical // 2)
+    return min(8 << 30, (physical_memory() or 16 << 30) // 2)
 
 
 class Source:

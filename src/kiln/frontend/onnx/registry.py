@@ -15,8 +15,18 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ...errors import NotConstantError, ShapeError
+from ...errors import LimitError, NotConstantError, ShapeError, UnsupportedOpError
 from ...ir import GraphBuilder, Value
+
+
+def node_name(node: onnx.NodeProto) -> str:
+    """The name messages give a node: its own, else its op type and first output."""
+    return node.name or f"{node.op_type}:{node.output[0] if node.output else '?'}"
+
+
+def describe(node: onnx.NodeProto) -> str:
+    """A node as messages name it: `node 'name' (OpType)`."""
+    return f"node '{node_name(node)}' ({node.op_type})"
 
 
 class ConvertContext:
@@ -37,10 +47,10 @@ class ConvertContext:
 
     @property
     def name(self) -> str:
-        return self.node.name or f"{self.node.op_type}:{self.node.output[0]}"
+        return node_name(self.node)
 
     def where(self) -> str:
-        return f"node '{self.name}' ({self.node.op_type})"
+        return describe(self.node)
 
     @property
     def num_inputs(self) -> int:
@@ -57,7 +67,12 @@ class ConvertContext:
         """Input i, which must be present."""
         if not self.has_input(i):
             raise ShapeError(f"{self.where()}: input {i} is required")
-        return self.env[self.node.input[i]]
+        name = self.node.input[i]
+        if name not in self.env:  # its producer exists (topology.py) but did not compute it
+            raise UnsupportedOpError(f"{self.where()}: input {i} ('{name}') is an output "
+                                     "kiln does not compute (optional, or one more than the "
+                                     "op has)")
+        return self.env[name]
 
     def optional_input(self, i: int) -> Value | None:
         return self.input(i) if self.has_input(i) else None
@@ -66,7 +81,12 @@ class ConvertContext:
         """The value of input i, which must be known at compile time (default if absent)."""
         if not self.has_input(i):
             return default
-        array = self.builder.constant_of(self.input(i))
+        value = self.input(i)
+        array = self.builder.constant_of(value)
+        if array is None and value.name in self.builder.unfolded:
+            raise LimitError(f"{self.where()}: input {i} ('{self.node.input[i]}') must be known "
+                             f"at compile time, but is not folded: "
+                             f"{self.builder.unfolded[value.name]}")
         if array is None:
             raise NotConstantError(
                 f"{self.where()}: input {i} ('{self.node.input[i]}') must be known at compile "

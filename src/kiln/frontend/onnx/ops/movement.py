@@ -13,8 +13,9 @@ import math
 import numpy as np
 from onnx import numpy_helper
 
-from ....errors import ShapeError, UnsupportedOpError
+from ....errors import LimitError, ShapeError, UnsupportedOpError
 from ....ir import Value
+from ....ir.evaluate import over_fold_limit
 from ....ops.common import broadcast_shapes, normalize_axis
 from ....ops.movement import PAD_MODES
 from ..registry import ConvertContext, converter
@@ -135,8 +136,8 @@ def _dropout(cx: ConvertContext) -> list[Value | None]:
                                  "(kiln compiles inference only; only ratio 0 is a no-op)")
     if len(cx.node.output) < 2 or not cx.node.output[1]:
         return [x]
-    mask_dtype = "bool" if cx.opset >= 10 else x.type.dtype
-    return [x, cx.constant(np.ones(x.type.shape, dtype=mask_dtype), "mask")]
+    one = cx.constant(np.ones((), dtype="bool" if cx.opset >= 10 else x.type.dtype), "one")
+    return [x, _filled(cx, one, x.type.shape, cx.node.output[1])]
 
 
 # shape queries and constants ---------------------------------------------------------------
@@ -181,7 +182,24 @@ def _constant_of_shape(cx: ConvertContext) -> list[Value]:
         1, np.float32)
     if fill.size != 1:
         raise ShapeError(f"{cx.where()}: value must hold one element, got {fill.size}")
-    return [cx.constant(np.full(shape, fill[0], dtype=fill.dtype), "filled")]
+    return [_filled(cx, cx.constant(fill.reshape(()), "value"), tuple(shape), cx.node.output[0])]
+
+
+def _filled(cx: ConvertContext, scalar: Value, shape: tuple[int, ...], out: str) -> Value:
+    """scalar broadcast to shape: a constant when within the folding limit, else a kernel."""
+    return cx.builder.emit("expand", [scalar], {"shape": shape}, name=cx.name, out_names=[out])[0]
+
+
+def _range_length(cx: ConvertContext, start: np.generic, limit: np.generic,
+                  delta: np.generic) -> int:
+    """How many values Range(start, limit, delta) makes; ShapeError if not a finite count."""
+    if np.issubdtype(np.asarray(start).dtype, np.integer):
+        return max(-((int(start) - int(limit)) // int(delta)), 0)
+    span = (float(limit) - float(start)) / float(delta)
+    if not math.isfinite(span):
+        raise ShapeError(f"{cx.where()}: start {start}, limit {limit} and delta {delta} give no "
+                         "finite number of values")
+    return max(math.ceil(span), 0)
 
 
 @converter("Range")
@@ -190,11 +208,13 @@ def _range(cx: ConvertContext) -> list[Value]:
     if delta == 0:
         raise ShapeError(f"{cx.where()}: delta is 0")
     dtype = np.asarray(start).dtype
+    count = _range_length(cx, start, limit, delta)
+    refusal = over_fold_limit(cx.where(), count * dtype.itemsize, f"{count} {dtype} values")
+    if refusal:  # Range has no run-time kernel: its values must be a constant
+        raise LimitError(refusal)
     if np.issubdtype(dtype, np.integer):
-        count = max(-((int(start) - int(limit)) // int(delta)), 0)
         values = int(start) + np.arange(count, dtype=np.int64) * int(delta)
     else:
-        count = max(math.ceil((float(limit) - float(start)) / float(delta)), 0)
         values = start + np.arange(count, dtype=dtype) * delta
     return [cx.constant(values.astype(dtype), "range")]
 
