@@ -29,7 +29,7 @@ from ..errors import FormatError, KilnError, VerificationError
 from .blob import HEADER_SIZE, Blob, code_digest, read_blob, weights_span
 from .compat import check_compatible
 from .device import Device, device
-from .elf import Reader, read_elf, read_elf_at
+from .elf import Reader, read_elf_at
 from .source import CHUNK, FileSource, Source, default_max_size, open_source
 
 SECTION = ".kiln"
@@ -136,8 +136,8 @@ class _Layout:
     weights_size: int
 
 
-def _locate(read: Reader, size: int, where: str) -> _Layout:
-    """Find the blob and its weights (all the checks come later, on the sealed image)."""
+def _locate(read: Reader, size: int, where: str) -> tuple[str, _Layout]:
+    """The machine a library is for, and where its blob and weights lie."""
     elf = read_elf_at(read, size, where)
     section = elf.sections.get(SECTION)
     if section is None:
@@ -146,7 +146,7 @@ def _locate(read: Reader, size: int, where: str) -> _Layout:
     span = weights_span(read(section.offset, HEADER_SIZE)) \
         if section.size >= HEADER_SIZE else None
     w_off, w_size = span if span and span[0] + span[1] <= section.size else (section.size, 0)
-    return _Layout(section.offset, section.size, section.offset + w_off, w_size)
+    return elf.machine, _Layout(section.offset, section.size, section.offset + w_off, w_size)
 
 
 def _seal_image(source: Source, layout: _Layout) -> int:
@@ -175,13 +175,11 @@ def _check_image(fd: int, size: int, layout: _Layout, weights: memoryview,
                  trusted_keys: list | None, compat: bool) -> tuple[Blob, str, str | None]:
     """Check everything on the sealed image (and the weights held apart); nothing runs."""
     view = memoryview(mmap.mmap(fd, size, access=mmap.ACCESS_READ))  # unmapped when collected
-    elf = read_elf(view, where)
-    section = elf.sections.get(SECTION)
-    if section is None or (section.offset, section.size) != (layout.blob_offset,
-                                                             layout.blob_size):
+    machine, found = _locate(lambda offset, n: bytes(view[offset:offset + n]), size, where)
+    if found != layout:  # the weights were taken from where the file said before
         raise FormatError(f"{where} changed while it was being loaded")
-    blob = read_blob(view[section.offset:section.offset + section.size], where,
-                     verify_weights=False, weights=weights)
+    start, end = layout.blob_offset, layout.blob_offset + layout.blob_size
+    blob = read_blob(view[start:end], where, verify_weights=False, weights=weights)
     signer_id = None
     if trusted_keys is not None:
         from .signing import check_signature
@@ -196,13 +194,13 @@ def _check_image(fd: int, size: int, layout: _Layout, weights: memoryview,
         except VerificationError:
             raise FormatError(f"{where}: the embedded signature does not match the header: "
                               "the file is damaged or was altered after signing") from None
-    if code_digest(view, section.offset, section.size) != blob.code_digest:
+    if code_digest(view, layout.blob_offset, layout.blob_size) != blob.code_digest:
         raise FormatError(f"{where}: native code digest mismatch: the file is damaged")
     if full:
         blob.verify_weights(where)
     if compat:
-        check_compatible(blob.manifest.get("target"), elf.machine, where)
-    return blob, elf.machine, signer_id
+        check_compatible(blob.manifest.get("target"), machine, where)
+    return blob, machine, signer_id
 
 
 def inspect_file(source: str | os.PathLike | bytes | bytearray | memoryview, *,
@@ -222,7 +220,7 @@ def inspect_file(source: str | os.PathLike | bytes | bytearray | memoryview, *,
     limit = default_max_size() if max_size is None else max_size
     source_ = open_source(source, limit, name)
     try:
-        layout = _locate(source_.read, source_.size, source_.where)
+        _, layout = _locate(source_.read, source_.size, source_.where)
         weights, owner = source_.weights(layout.weights_offset, layout.weights_size,
                                                   copy=full)
         fd = _seal_image(source_, layout)
