@@ -11,14 +11,27 @@ def pytest_configure(config):
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     stats = terminalreporter.stats
-    def count(kind):
-        return sum(1 for r in stats.get(kind, []) if "OnnxBackendNodeModelTest" in r.nodeid)
+
+    def count(kind, reason=""):
+        return sum(1 for r in stats.get(kind, []) if "OnnxBackendNodeModelTest" in r.nodeid
+                   and reason in str(r.longrepr))
+
     passed, failed = count("passed"), count("failed")
-    excluded = sum(1 for r in stats.get("skipped", []) if r.nodeid.endswith("_cpu")
-                   and "matched exclude pattern" in str(r.longrepr))
+    excluded = count("skipped", "matched exclude pattern")
     if passed or failed:
+        from tests.conformance.selection import node_tests
+
+        total = len(node_tests())
         terminalreporter.write_line(
             f"ONNX node conformance: {passed} passed, {failed} failed, {excluded} excluded with "
-            "reasons (tests/conformance/node_test_exclusions.txt); tests of unsupported ops "
-            "are not collected"
+            f"reasons (tests/conformance/node_test_exclusions.txt), of the "
+            f"{passed + failed + excluded} node tests of ops kiln supports; kiln passes "
+            f"{passed} of all {total} node tests in onnx {_onnx_version()} "
+            f"({100 * passed / total:.1f}%)"
         )
+
+
+def _onnx_version() -> str:
+    import onnx
+
+    return onnx.__version__

@@ -24,10 +24,9 @@ import pytest
 
 import kiln
 from kiln.runtime import library as library_module
-from kiln.runtime.blob import read_blob
+from kiln.runtime.blob import SECTION, read_blob
 from kiln.runtime.compat import host_arch
 from kiln.runtime.elf import read_elf
-from kiln.runtime.library import SECTION
 from tests.e2e.models import mlp, mobilenetv2_like, resnet18_like
 from tests.util import ort_run
 

@@ -23,10 +23,9 @@ from onnx import numpy_helper
 import kiln
 from kiln.export.factory import FactoryModule
 from kiln.ir import Module
-from kiln.runtime.blob import HEADER
+from kiln.runtime.blob import HEADER, SECTION
 from kiln.runtime.elf import read_elf
 from kiln.runtime.executor import AotExecutor, GraphExecutor
-from kiln.runtime.library import SECTION
 from tests.e2e.models import MODELS
 from tests.util import ort_run
 

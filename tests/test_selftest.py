@@ -12,9 +12,8 @@ from click.testing import CliRunner
 import kiln
 from kiln.cli import main
 from kiln.export.factory import FactoryModule
-from kiln.runtime.blob import HEADER
+from kiln.runtime.blob import HEADER, SECTION
 from kiln.runtime.elf import read_elf
-from kiln.runtime.library import SECTION
 from tests.e2e.models import MODELS
 from tests.util import reseal_library, single_node_model
 

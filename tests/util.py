@@ -18,9 +18,8 @@ from numpy.typing import DTypeLike
 from onnx import helper, numpy_helper
 
 import kiln
-from kiln.runtime.blob import CODE_DIGEST_OFFSET, HEADER, code_digest, write_blob
+from kiln.runtime.blob import CODE_DIGEST_OFFSET, HEADER, SECTION, code_digest, write_blob
 from kiln.runtime.elf import read_elf
-from kiln.runtime.library import SECTION
 
 
 def single_node_model(op_type: str, inputs: Mapping[str, np.ndarray], *,

@@ -18,9 +18,8 @@ from onnx import TensorProto, helper
 
 import kiln
 from kiln.codegen.target import resolve_target
-from kiln.runtime.blob import HEADER
+from kiln.runtime.blob import HEADER, SECTION
 from kiln.runtime.elf import read_elf
-from kiln.runtime.library import SECTION
 from tests.e2e.models import ModelBuilder
 
 pytestmark = pytest.mark.e2e

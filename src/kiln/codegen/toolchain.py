@@ -77,19 +77,24 @@ def blob_asm(blob_path: Path) -> str:
             '.section .note.GNU-stack,"",%progbits\n')
 
 
+def link_command(target: Target, objects: Sequence[str]) -> list[str]:
+    """The command that links objects/<name>.o and blob.s (beside blob.bin) into lib.so, run
+    in the folder holding them: what export runs, and what a .tar export records."""
+    return [target.cc, *target.cflags, "-shared", "-o", "lib.so",
+            *(f"objects/{name}.o" for name in sorted(objects)), "blob.s", "-lm",
+            "-Wl,-z,noexecstack"]
+
+
 def link_shared_library(objects: dict[str, bytes], blob: bytes, target: Target) -> bytes:
     """The shared library linked from the kernel objects and the blob (as the non-loaded
     section .kiln), as bytes."""
     with work_folder("link") as work:
-        paths = []
-        for name in sorted(objects):
-            p = work / f"{name}.o"
-            p.write_bytes(objects[name])
-            paths.append(str(p))
+        (work / "objects").mkdir()
+        for name, obj in objects.items():
+            (work / "objects" / f"{name}.o").write_bytes(obj)
         (work / "blob.bin").write_bytes(blob)
-        (work / "blob.s").write_text(blob_asm(work / "blob.bin"))
-        cmd = [target.cc, *target.cflags, "-shared", "-o", "lib.so", *paths, "blob.s", "-lm",
-               "-Wl,-z,noexecstack"]
+        (work / "blob.s").write_text(blob_asm(Path("blob.bin")))
+        cmd = link_command(target, list(objects))
         done = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
         if done.returncode != 0:
             raise CompileError(f"linking the library failed ({' '.join(cmd)}):\n"

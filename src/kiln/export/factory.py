@@ -27,14 +27,15 @@ from ..codegen.toolchain import (
     blob_asm,
     cache_dir,
     compile_kernels,
+    link_command,
     link_shared_library,
 )
 from ..errors import ExportError
-from ..runtime.blob import CODE_DIGEST_OFFSET, code_digest, digest, write_blob
+from ..runtime.blob import CODE_DIGEST_OFFSET, SECTION, code_digest, digest, write_blob
 from ..runtime.device import cpu
 from ..runtime.elf import read_elf
 from ..runtime.files import atomic_write
-from ..runtime.library import SECTION, Library, load_module
+from ..runtime.library import Library, load_module
 from ..runtime.params import save_params
 from ..runtime.selftest import TestInputs, check_test_inputs, vector_entry
 from .pack import compress
@@ -165,11 +166,8 @@ class FactoryModule:
         members = {f"objects/{n}.o": obj for n, obj in sorted(objects.items())}
         members["blob.bin"] = blob
         members["blob.s"] = blob_asm(Path("blob.bin")).encode()
-        link = [self.target.cc, *self.target.cflags, "-shared", "-o", "lib.so",
-                *(f"objects/{n}.o" for n in sorted(objects)), "blob.s", "-lm",
-                "-Wl,-z,noexecstack"]
         manifest = {"kiln_version": __version__, "target": self.target.describe(),
-                    "models": self.models, "link_command": link}
+                    "models": self.models, "link_command": link_command(self.target, objects)}
         members["manifest.json"] = json.dumps(manifest, indent=1, sort_keys=True).encode()
         members["lib.so"] = self._link(blob)
         buf = io.BytesIO()

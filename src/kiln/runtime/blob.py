@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import FormatError
 from .manifest import check_manifest
 
+SECTION = ".kiln"  # the non-loaded ELF section of a library that holds its blob
 MAGIC = b"KILNBLOB"
 FORMAT_MAJOR = 1
 FORMAT_MINOR = 0

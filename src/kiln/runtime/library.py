@@ -26,13 +26,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError, KilnError, VerificationError
-from .blob import HEADER_SIZE, Blob, code_digest, read_blob, weights_span
+from .blob import HEADER_SIZE, SECTION, Blob, code_digest, read_blob, weights_span
 from .compat import check_compatible
 from .device import Device, device
 from .elf import Reader, read_elf_at
 from .source import CHUNK, FileSource, Source, default_max_size, open_source
 
-SECTION = ".kiln"
 VERIFY_MODES = ("full", "header")
 
 

@@ -6,6 +6,8 @@ Keys are param names; a file holding several models' weights prefixes them "<mod
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +35,13 @@ def load_params(path: str | os.PathLike, *, model: str | None = None) -> dict[st
         raise FormatError(f"params file not found: {path}") from None
     except (SafetensorError, OSError, ValueError) as e:
         raise FormatError(f"{path} is not a readable safetensors file: {e}") from None
-    if model is not None and any(k.startswith(f"{model}/") for k in params):
-        prefix = f"{model}/"
-        return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
-    return params
+    return params if model is None else model_entries(params, model)
+
+
+def model_entries(params: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """Model `model`'s entries of params: its "<model>/" keys with the prefix removed, or all
+    of params when no key has that prefix (a file of one model's weights)."""
+    prefix = f"{model}/"
+    if any(str(k).startswith(prefix) for k in params):
+        return {k[len(prefix):]: v for k, v in params.items() if str(k).startswith(prefix)}
+    return dict(params)

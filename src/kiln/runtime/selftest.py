@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import FormatError, InputError, KilnError
 from .device import cpu
+from .params import load_params, model_entries
 
 if TYPE_CHECKING:
     from .library import Library
@@ -205,13 +206,8 @@ def _run_vector(lib: Library, executor: Any, model: str, index: int,
 def _model_params(params: Mapping[str, Any] | str | os.PathLike, model: str) -> dict[str, Any]:
     """Model `model`'s weights from a .safetensors path or a dict laid out like one."""
     if not isinstance(params, Mapping):
-        from .params import load_params
-
         return load_params(params, model=model)
-    prefix = f"{model}/"
-    if any(str(k).startswith(prefix) for k in params):
-        return {k[len(prefix):]: v for k, v in params.items() if str(k).startswith(prefix)}
-    return dict(params)
+    return model_entries(params, model)
 
 
 def _selected(lib: Library, models: Iterable[str] | None) -> list[str]:

@@ -14,11 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError, KilnError, VerificationError
-from .blob import HEADER_SIZE, SIGNATURE_OFFSET, SIGNATURE_SIZE, SIGNER_OFFSET, signed_message
+from .blob import (
+    HEADER_SIZE,
+    SECTION,
+    SIGNATURE_OFFSET,
+    SIGNATURE_SIZE,
+    SIGNER_OFFSET,
+    signed_message,
+)
 from .elf import read_elf
 from .files import atomic_write
 
-SECTION = ".kiln"
 KeyLike = Any  # an Ed25519 key object, a PEM path, or PEM bytes
 
 
