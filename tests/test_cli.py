@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 import kiln
-import kiln.compiler
+import kiln.pipeline
 from kiln.cli import main
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "example_cnn.onnx"
@@ -131,21 +131,18 @@ def test_npz_and_non_npy_inputs_are_usage_errors(compiled, tmp_path):
 ])
 def test_kiln_verify_values(monkeypatch, value, on):
     monkeypatch.setenv("KILN_VERIFY", value)
-    assert kiln.compiler.verify_between_passes() is on
+    assert kiln.pipeline.verify_between_passes() is on
 
 
 def test_kiln_verify_0_turns_verification_off(tmp_path, monkeypatch):
-    checks = []
-    optimize = kiln.compiler.optimize
-
-    def spy(mod, *, check):
-        checks.append(check)
-        return optimize(mod, check=check)
-
-    monkeypatch.setattr(kiln.compiler, "optimize", spy)
+    checked = []
+    monkeypatch.setattr(kiln.pipeline, "verify", checked.append)
     monkeypatch.setenv("KILN_VERIFY", "0")
     result = CliRunner().invoke(main, ["compile", str(EXAMPLE), "-o", str(tmp_path / "m.so")])
-    assert result.exit_code == 0 and checks == [False], result.output
+    assert result.exit_code == 0 and checked == [], result.output
+    monkeypatch.setenv("KILN_VERIFY", "1")
+    result = CliRunner().invoke(main, ["compile", str(EXAMPLE), "-o", str(tmp_path / "m.so")])
+    assert result.exit_code == 0 and len(checked) == len(kiln.pipeline.PASSES), result.output
     monkeypatch.setenv("KILN_VERIFY", "maybe")
     result = CliRunner().invoke(main, ["compile", str(EXAMPLE), "-o", str(tmp_path / "m.so")])
     assert result.exit_code == 1 and "KILN_VERIFY='maybe'" in result.output, result.output

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kiln
-from kiln.ir import GraphBuilder, TensorType
-from kiln.ops import get_op
+from kiln.ir import TensorType
+from kiln.ops import GraphBuilder, get_op
 
 UNARY = ["relu", "sigmoid", "tanh", "neg", "abs", "exp", "hard_swish", "softplus", "erf"]
 BINARY = ["add", "sub", "mul", "max", "min"]

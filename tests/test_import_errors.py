@@ -16,8 +16,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import kiln
 from kiln.errors import LimitError, ModelImportError, ShapeError, UnsupportedOpError
-from kiln.ir import GraphBuilder, Module, Node, TensorType, Value
-from kiln.ir.evaluate import DEFAULT_FOLD_LIMIT_BYTES, FOLD_LIMIT_ENV
+from kiln.ir import Module, Node, TensorType, Value
+from kiln.ops import GraphBuilder
+from kiln.ops.evaluate import DEFAULT_FOLD_LIMIT_BYTES, FOLD_LIMIT_ENV
 from kiln.passes.fold import fold_constants
 from tests.util import kiln_run
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from kiln.errors import ShapeError, UnsupportedOpError, VerificationError
-from kiln.ir import GraphBuilder, TensorType, verify
+from kiln.ir import TensorType
+from kiln.ops import GraphBuilder, verify
 
 
 def _small_module():

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import kiln
 from kiln.cli import library_summary
 from kiln.errors import CompatibilityError, FormatError, KilnError
-from kiln.runtime.manifest import DTYPES, EXECUTOR_KINDS, check_manifest
+from kiln.runtime.manifest import DTYPES, check_manifest
 from kiln.viz import render_html
 from tests.e2e.models import MODELS
 from tests.util import reseal_library
@@ -50,7 +50,7 @@ def _valid() -> dict[str, Any]:
                          "shapes": [[2, 4]], "inputs": ["x", "w"], "outputs": ["y"],
                          "args": [{"arena": 0, "nbytes": 32}, {"param": "w"},
                                   {"arena": 32, "nbytes": 32}]}],
-            "memory": {"peak_bytes": 64, "unplanned_bytes": 64,
+            "memory": {"unplanned_bytes": 64,
                        "buffers": [{"tensor": "x", "offset": 0, "size": 32, "first": -1,
                                     "last": 1},
                                    {"tensor": "y", "offset": 32, "size": 32, "first": 0,
@@ -58,7 +58,7 @@ def _valid() -> dict[str, Any]:
             "ir": "module @default {\n  input %x: f32[2,4]\n}",
             "source": {"format": "onnx", "opset": "17", "ir_version": "8", "producer": "t",
                        "blake3": HEX},
-            "build": {"executor": "graph", "passes": ["fold_constants"]},
+            "build": {"passes": ["fold_constants"]},
             "selftest": [{"inputs": {"x": {"weight": 1, "shape": [2, 4], "dtype": "float32"}},
                           "outputs": [{"name": "y", "weight": 2, "shape": [2, 4],
                                        "dtype": "float32"}],
@@ -148,7 +148,8 @@ CASES = [  # (field, forged value, what the message says)
     ((*K, "args", 2), DELETE,
      r"\.kernels\[0\]\.args must hold one location per kernel input and output"),
     ((*M, "memory", "buffers", 0, "first"), -2, r"\.memory\.buffers\[0\]\.first must be an int"),
-    ((*M, "memory", "peak_bytes"), 1.5, r"\.memory\.peak_bytes must be an int >= 0, got 1\.5"),
+    ((*M, "memory", "unplanned_bytes"), 1.5,
+     r"\.memory\.unplanned_bytes must be an int >= 0, got 1\.5"),
     ((*M, "source", "blake3"), 7, r"\.source\.blake3 must be a BLAKE3 hex digest"),
     ((*M, "selftest"), {"inputs": {}}, r"\.selftest must be a list of self-test vectors"),
     ((*V, "inputs"), [], r"\.selftest\[0\]\.inputs must be a table \{name: array\}"),
@@ -194,14 +195,11 @@ def test_whole_manifest_and_huge_values_are_refused_cheaply():
     assert time.perf_counter() - start < 1.0  # no bignum product of 200,000 dims
 
 
-def test_known_dtypes_and_executors_are_the_compilers():
-    from kiln.compiler import EXECUTORS as COMPILED
+def test_known_dtypes_are_the_compilers():
     from kiln.ir.types import DTYPE_SHORT
-    from kiln.runtime.executor import EXECUTORS
 
     assert set(DTYPES) == set(DTYPE_SHORT)
     assert all(np.dtype(n).name == n and np.dtype(n).itemsize == s for n, s in DTYPES.items())
-    assert set(EXECUTOR_KINDS) == set(EXECUTORS) == set(COMPILED)
 
 
 def test_thousands_of_kernels_check_quickly():

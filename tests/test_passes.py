@@ -6,10 +6,11 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kiln.ir import GraphBuilder, TensorType, verify
+from kiln.ir import TensorType
+from kiln.ops import GraphBuilder, verify
 from kiln.passes.fuse import fuse
 from kiln.passes.memory_plan import plan_memory
-from kiln.passes.pipeline import optimize
+from kiln.pipeline import optimize
 
 UNARY = ["relu", "sigmoid", "tanh", "neg", "abs"]
 

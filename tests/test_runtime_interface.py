@@ -118,7 +118,8 @@ try:
 except kiln.KilnError as e:
     report["missing_model_error"] = [type(e).__name__, str(e)]
 report["compiler_modules"] = [m for m in sys.modules if m.startswith(
-    ("onnx", "kiln.compiler", "kiln.frontend", "kiln.passes", "kiln.codegen", "kiln.ir"))]
+    ("onnx", "kiln.compiler", "kiln.pipeline", "kiln.dump", "kiln.frontend", "kiln.ir", "kiln.ops",
+     "kiln.passes", "kiln.codegen", "kiln.export"))]
 print(json.dumps(report))
 """
 

@@ -170,8 +170,9 @@ with np.load(sys.argv[2]) as inputs:
     gmod.set_input(**{name: inputs[name] for name in inputs.files})
 gmod.run()
 np.savez(sys.argv[3], *[gmod.get_output(i) for i in range(gmod.get_num_outputs())])
-compiler = [m for m in sys.modules if m.startswith(("onnx", "kiln.compiler", "kiln.frontend",
-                                                    "kiln.passes", "kiln.codegen", "kiln.ir"))]
+compiler = [m for m in sys.modules if m.startswith(
+    ("onnx", "kiln.compiler", "kiln.pipeline", "kiln.dump", "kiln.frontend", "kiln.ir", "kiln.ops",
+     "kiln.passes", "kiln.codegen", "kiln.export"))]
 print(json.dumps({"outputs": gmod.output_names, "compiler_modules": compiler}))
 """
 

@@ -20,11 +20,11 @@ from .errors import (
     VerificationError,
 )
 from .runtime import Device, GraphModule, Library, cpu, device, load_module, load_params
+from .runtime.library import sign, verify
+from .runtime.signing import keygen
 
 _LAZY = {"build": ("kiln.compiler", "build"), "link": ("kiln.export.factory", "link"),
-         "pack": ("kiln.export.pack", "pack"), "sign": ("kiln.runtime.signing", "sign"),
-         "verify": ("kiln.runtime.signing", "verify"), "keygen": ("kiln.runtime.signing", "keygen"),
-         "frontend": ("kiln.frontend", None),
+         "pack": ("kiln.export.pack", "pack"), "frontend": ("kiln.frontend", None),
          "ir": ("kiln.ir", None), "from_onnx": ("kiln.frontend", "from_onnx")}
 
 

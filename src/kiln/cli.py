@@ -13,8 +13,11 @@ import click
 import numpy as np
 
 from .errors import KilnError
+from .runtime import GraphModule, cpu, load_module
 from .runtime.executor import EXECUTORS
 from .runtime.files import atomic_write
+from .runtime.library import inspect_file, sign, verify
+from .runtime.signing import keygen, signature_status
 from .text import size_text
 
 
@@ -101,11 +104,14 @@ def main() -> None:
 @click.option("--mcpu", help="CPU to compile for (default: this machine)")
 @click.option("--cc", help="C compiler (default: $CC or cc)")
 @click.option("--print-ir", is_flag=True, help="print the optimized IR")
+@click.option("--dump", type=click.Path(file_okay=False), metavar="DIR",
+              help="write the IR after every step, the kernel groups, the memory plan and "
+              "the C of every kernel under DIR/default/ (default: $KILN_DUMP)")
 @click.option("--selftest", is_flag=True, help="embed a self-test vector: random inputs "
               f"(seed {SELFTEST_SEED}, as `kiln run` makes them) and their outputs, checked "
               "by `kiln selftest`")
 def compile_cmd(model, inputs, dtypes, output, executor, params_out, mcpu, cc,
-                print_ir, selftest) -> None:
+                print_ir, dump, selftest) -> None:
     """Compile an ONNX MODEL into one native library."""
     from .compiler import build
     from .frontend import from_onnx
@@ -114,7 +120,7 @@ def compile_cmd(model, inputs, dtypes, output, executor, params_out, mcpu, cc,
     try:
         start = time.perf_counter()
         mod, params = from_onnx(model, shapes=dict(inputs), dtypes=dict(dtypes))
-        lib = build(mod, params=params, target=target, executor=executor)
+        lib = build(mod, params=params, target=target, executor=executor, dump=dump)
         info = {e["name"]: (tuple(e["shape"]), e["dtype"])
                 for e in lib.compiled["default"].spec["inputs"]}
         test_inputs = _random_inputs(info, SELFTEST_SEED) if selftest else None
@@ -166,8 +172,6 @@ def _random_inputs(info, seed: int, given=None) -> dict[str, np.ndarray]:
 def run_cmd(library, inputs, output, model, seed, repeat, threads, params_file,
             profile) -> None:
     """Run a model of LIBRARY on the CPU."""
-    from .runtime import GraphModule, cpu, load_module
-
     try:
         gmod = GraphModule(load_module(library)[model](cpu(0, num_threads=threads)))
         if params_file:
@@ -227,12 +231,10 @@ def library_summary(checked, path: str) -> dict:
             "param_bytes": sum(math.prod(p["shape"]) * np.dtype(p["dtype"]).itemsize
                                for p in spec["params"]),
             "params_packaged": all(p["weight"] is not None for p in spec["params"]),
-            "memory_peak_bytes": spec["memory"]["peak_bytes"],
+            "memory_peak_bytes": spec["arena_bytes"],
             "memory_unplanned_bytes": spec["memory"]["unplanned_bytes"],
             "source": spec.get("source", {}),
         }
-    from .runtime.signing import signature_status
-
     blob = checked.blob
     return {"path": path, "kiln_version": m["kiln_version"],
             "format_version": f"{blob.major}.{blob.minor}", "target": m["target"],
@@ -248,8 +250,6 @@ def inspect_cmd(library, as_json) -> None:
     """Show what LIBRARY holds: models, inputs/outputs, ops, weights, memory plan."""
     from rich.console import Console
     from rich.table import Table
-
-    from .runtime.library import inspect_file
 
     try:
         checked = inspect_file(library, compat=False)
@@ -298,8 +298,6 @@ def inspect_cmd(library, as_json) -> None:
               help="test only this model (repeatable; default: all that have vectors)")
 def selftest_cmd(library, params_file, models) -> None:
     """Run the test vectors embedded in LIBRARY; exit 1 if any output is off."""
-    from .runtime import load_module
-
     try:
         rows = load_module(library).selftest(params=params_file, models=models or None)
     except KilnError as e:
@@ -336,8 +334,6 @@ def _print_selftest(rows) -> None:
 @click.argument("public_key", type=click.Path(dir_okay=False))
 def keygen_cmd(private_key, public_key) -> None:
     """Write a new Ed25519 key pair (PEM) for signing libraries."""
-    from .runtime.signing import keygen
-
     click.echo(f"key {keygen(private_key, public_key)}: wrote {private_key} (keep it secret) "
                f"and {public_key}")
 
@@ -348,8 +344,6 @@ def keygen_cmd(private_key, public_key) -> None:
               help="Ed25519 private key (PEM)")
 def sign_cmd(library, key) -> None:
     """Sign LIBRARY in place; the signature travels inside the file."""
-    from .runtime.signing import sign
-
     try:
         click.echo(f"signed {library} with key {sign(library, key)}")
     except KilnError as e:
@@ -362,8 +356,6 @@ def sign_cmd(library, key) -> None:
               type=click.Path(exists=True, dir_okay=False), help="trusted public key (PEM)")
 def verify_cmd(library, pubkeys) -> None:
     """Exit 0 only if LIBRARY is intact and signed by one of the trusted keys."""
-    from .runtime.signing import verify
-
     try:
         click.echo(f"OK: {library} is intact and signed by trusted key "
                    f"{verify(library, list(pubkeys))}")
@@ -393,7 +385,6 @@ def pack_cmd(library, output) -> None:
 def viz_cmd(library, output) -> None:
     """Write one self-contained HTML page of LIBRARY: each model's compiled graph (kernels,
     weights) and memory plan. Reads the manifest only; never loads the library's code."""
-    from .runtime.library import inspect_file
     from .viz import render_html
 
     try:

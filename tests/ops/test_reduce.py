@@ -13,7 +13,8 @@ from onnx import helper, numpy_helper
 
 import kiln
 from kiln.errors import ShapeError, UnsupportedOpError
-from kiln.ir import GraphBuilder, TensorType
+from kiln.ir import TensorType
+from kiln.ops import GraphBuilder
 from tests.util import (
     check_against_ort,
     check_op,

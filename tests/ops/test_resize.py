@@ -10,7 +10,7 @@ from onnx import helper
 import kiln
 from kiln.errors import ShapeError, UnsupportedOpError
 from kiln.passes.fuse import fuse
-from kiln.passes.pipeline import optimize
+from kiln.pipeline import optimize
 from tests.util import (
     check_against_ort,
     folded_outputs,

@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import kiln
-import kiln.compiler
+import kiln.pipeline
 from tests.util import ort_run, single_node_model
 
 RNG = np.random.default_rng(7)
@@ -93,13 +93,13 @@ def _build(model: onnx.ModelProto, inputs: dict[str, np.ndarray], monkeypatch,
            **options) -> tuple[kiln.Library, list[str]]:
     """The compiled library and the C sources of its kernels."""
     sources: list[str] = []
-    compile_kernels = kiln.compiler.compile_kernels
+    compile_kernels = kiln.pipeline.compile_kernels
 
     def spy(kernels, *args, **kwargs):
         sources.extend(k.source for k in kernels)
         return compile_kernels(kernels, *args, **kwargs)
 
-    monkeypatch.setattr(kiln.compiler, "compile_kernels", spy)
+    monkeypatch.setattr(kiln.pipeline, "compile_kernels", spy)
     mod, params = kiln.from_onnx(model, shapes={k: v.shape for k, v in inputs.items()})
     return kiln.build(mod, params=params, progress=False, **options), sources
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..passes.fuse import KernelGroup
 from .kernels import KernelContext, get_expression, get_kernel
+from .kernels.loops import indent
 from .kernels.registry import broadcast_index, ctype
 from .prelude import PRELUDE
 
@@ -75,8 +76,7 @@ def render_kernel(group: KernelGroup) -> KernelSource:
     for k, v in enumerate(group.outputs):
         t = ctype(v.type.dtype)
         unpack.append(f"    {t}* restrict out{k} = ({t}*)args[{base + k}];")
-    body = get_kernel(anchor.op).template(ctx)
-    body = "\n".join("    " + line if line else line for line in body.splitlines())
+    body = indent(get_kernel(anchor.op).template(ctx))
     source = (f"{PRELUDE}\n/* {group.label} */\n{epilogue}\n"
               f"void {PLACEHOLDER}(void* const* args) {{\n" + "\n".join(unpack)
               + f"\n{body}\n}}\n")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import ExportError, FormatError
 from ..runtime.files import atomic_write
+from ..runtime.library import inspect_file
 
 LEVEL = 19  # shipping favours size; decompression speed does not depend on the level
 
@@ -26,8 +27,6 @@ def compress(data: bytes, level: int = LEVEL) -> bytes:
 def pack(path: str | os.PathLike, out: str | os.PathLike | None = None, *,
          level: int = LEVEL) -> str:
     """Compress the library at path into out (default: path + ".zst"); returns out."""
-    from ..runtime.library import inspect_file
-
     src = Path(path)
     dest = Path(out) if out is not None else src.with_name(src.name + ".zst")
     if dest.suffix != ".zst":

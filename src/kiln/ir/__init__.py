@@ -1,11 +1,11 @@
-"""kiln's IR: typed dataflow graphs, their builder, printer and verifier."""
+"""kiln's IR: typed dataflow graphs (types, values, nodes, graphs, modules) and their text form.
 
-from .builder import GraphBuilder
-from .graph import Graph, Module, Node, Value
+Data structures only: the op definitions, the graph builder and the verifier, which need to
+know the ops, live a stage later in kiln.ops.
+"""
+
+from .graph import Graph, Module, Node, Value, unique_name
 from .printer import print_module
 from .types import TensorType
-from .verify import verify
 
-__all__ = [
-    "Graph", "GraphBuilder", "Module", "Node", "TensorType", "Value", "print_module", "verify",
-]
+__all__ = ["Graph", "Module", "Node", "TensorType", "Value", "print_module", "unique_name"]

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..errors import ShapeError
+from ..errors import InputError, ShapeError
+from .printer import print_module
 from .types import TensorType
+
+
+def unique_name(hint: str, taken: Container[str]) -> str:
+    """hint, or the first of hint_1, hint_2... not in taken: a name for a new value."""
+    name, i = hint, 0
+    while name in taken:
+        i += 1
+        name = f"{hint}_{i}"
+    return name
 
 
 class Value:
@@ -81,13 +91,16 @@ class Module:
     source: dict[str, str] = field(default_factory=dict)
 
     def bind(self, params: dict[str, np.ndarray] | None) -> Module:
-        """Return a module whose params are bound to arrays, checking names, shapes and dtypes."""
+        """Return a module whose params are bound to arrays, checking names, shapes and dtypes
+        (a name the module has no param of is an InputError: a misspelt weight is never lost)."""
         bound = dict(self.params)
         known = {p.name: p for p in self.graph.params}
+        unknown = sorted(set(params or {}) - set(known))
+        if unknown:
+            raise InputError(f"module '{self.name}' has no params {unknown}; its params are "
+                             f"{sorted(known)}")
         for name, array in (params or {}).items():
             array = np.asarray(array)
-            if name not in known:
-                continue  # an unused weight (e.g. removed by the frontend) is not an error
             want = known[name].type
             if TensorType.of(array) != want:
                 raise ShapeError(f"param '{name}': got {TensorType.of(array)}, expected {want}")
@@ -119,6 +132,4 @@ class Module:
         return Module(graph, dict(self.params), self.name, dict(self.source))
 
     def __str__(self) -> str:
-        from .printer import print_module
-
         return print_module(self)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .graph import Module
+if TYPE_CHECKING:  # graph.py imports this module to print a Module
+    from .graph import Module
 
 
 def _fmt_attr(value: Any) -> str:

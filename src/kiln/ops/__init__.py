@@ -1,6 +1,11 @@
-"""IR operators: one module per family, each registering shape rules and NumPy references."""
+"""IR operators: one module per family, each registering its ops' definitions (OpDef: attrs
+with defaults, type rule, NumPy reference, kind, epilogue), plus what needs those
+definitions: the graph builder, the verifier and the constant evaluator."""
 
 from . import conv, elementwise, linalg, movement, norm, pool, reduce, resize, views  # noqa: F401  (register ops)
-from .registry import ELEMENTWISE, OPAQUE, VIEW, OpDef, all_ops, get_op, register
+from .builder import GraphBuilder
+from .registry import ELEMENTWISE, OPAQUE, REQUIRED, VIEW, OpDef, all_ops, get_op, register
+from .verify import verify
 
-__all__ = ["ELEMENTWISE", "OPAQUE", "VIEW", "OpDef", "all_ops", "get_op", "register"]
+__all__ = ["ELEMENTWISE", "OPAQUE", "REQUIRED", "VIEW", "GraphBuilder", "OpDef", "all_ops",
+           "get_op", "register", "verify"]

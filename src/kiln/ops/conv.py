@@ -13,8 +13,11 @@ import numpy as np
 from ..errors import ShapeError
 from ..ir.types import TensorType
 from .common import need_float, need_image, need_vector, same_dtype
-from .registry import Attrs, register
-from .window import check_window, pad_spatial, window_shape, window_slices
+from .registry import REQUIRED, Attrs, register
+from .window import check_window, pad_spatial, window_extent, window_shape, window_slices
+
+# The attrs of conv and conv_transpose: explicit windows (kiln/ops/window.py) and groups.
+CONV_ATTRS = {"strides": REQUIRED, "dilations": REQUIRED, "pads": REQUIRED, "group": 1}
 
 # ---- conv: [x (N,C,*I), w (M,C/group,*K), b (M,)?] -> (N,M,*O)
 
@@ -63,7 +66,7 @@ def _conv_ref(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarray]:
     return [y.astype(x.dtype)]
 
 
-register("conv", infer=_conv_infer, reference=_conv_ref)
+register("conv", infer=_conv_infer, reference=_conv_ref, attrs=CONV_ATTRS)
 
 
 # ---- conv_transpose: [x (N,C,*I), w (C,M/group,*K), b (M,)?] -> (N,M,*O)
@@ -74,7 +77,7 @@ register("conv", infer=_conv_infer, reference=_conv_ref)
 def _conv_transpose_shape(x: tuple[int, ...], w: tuple[int, ...], attrs: Attrs) -> tuple:
     nd = len(x) - 2
     s, d, p = attrs["strides"], attrs["dilations"], attrs["pads"]
-    out = tuple((x[2 + i] - 1) * s[i] + (w[2 + i] - 1) * d[i] + 1 - p[i] - p[nd + i]
+    out = tuple(window_extent(x[2 + i], w[2 + i], s[i], d[i]) - p[i] - p[nd + i]
                 for i in range(nd))
     if any(o < 1 for o in out):
         raise ShapeError(f"conv_transpose output spatial shape {list(out)} is empty")
@@ -101,8 +104,8 @@ def _conv_transpose_ref(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarray
     out = _conv_transpose_shape(x.shape, w.shape, attrs)
     p = attrs["pads"]
     # Scatter every kernel tap into a buffer holding both the full result and the output.
-    full = [(x.shape[2 + i] - 1) * attrs["strides"][i] + (w.shape[2 + i] - 1)
-            * attrs["dilations"][i] + 1 for i in range(nd)]
+    full = [window_extent(x.shape[2 + i], w.shape[2 + i], attrs["strides"][i],
+                          attrs["dilations"][i]) for i in range(nd)]
     lo = [min(0, p[i]) for i in range(nd)]
     size = [max(full[i], p[i] + out[2 + i]) - lo[i] for i in range(nd)]
     buf = np.zeros((n, group, mg, *size), dtype=x.dtype)
@@ -111,7 +114,7 @@ def _conv_transpose_ref(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarray
     for k in itertools.product(*map(range, w.shape[2:])):
         start = [k[i] * attrs["dilations"][i] - lo[i] for i in range(nd)]
         index = (Ellipsis,) + tuple(
-            slice(start[i], start[i] + (x.shape[2 + i] - 1) * attrs["strides"][i] + 1,
+            slice(start[i], start[i] + window_extent(x.shape[2 + i], 1, attrs["strides"][i], 1),
                   attrs["strides"][i]) for i in range(nd))
         buf[index] += np.einsum("ngc...,gcm->ngm...", xg, wg[(Ellipsis,) + k])
     crop = (Ellipsis,) + tuple(slice(p[i] - lo[i], p[i] - lo[i] + out[2 + i]) for i in range(nd))
@@ -121,4 +124,5 @@ def _conv_transpose_ref(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarray
     return [np.ascontiguousarray(y).astype(x.dtype)]
 
 
-register("conv_transpose", infer=_conv_transpose_infer, reference=_conv_transpose_ref)
+register("conv_transpose", infer=_conv_transpose_infer, reference=_conv_transpose_ref,
+         attrs=CONV_ATTRS)

@@ -1,7 +1,8 @@
 """Elementwise ops: unary, binary (numpy broadcasting) and where.
 
-Each row names the op, its dtype rule and its NumPy reference. The C expression of each op
-is in kiln/codegen/kernels/elementwise.py under the same name.
+Each row names the op, its NumPy reference and its attributes with their defaults (stated
+here only). The C expression of each op is in kiln/codegen/kernels/elementwise.py under the
+same name.
 """
 
 from __future__ import annotations
@@ -14,24 +15,30 @@ import numpy as np
 from ..errors import ShapeError
 from ..ir.types import TensorType
 from .common import broadcast_shapes, expect_arity, same_dtype
-from .registry import ELEMENTWISE, Attrs, register
+from .registry import ELEMENTWISE, REQUIRED, Attrs, register
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
+# softplus(x) is x itself above this (log1p(exp(x)) would overflow); the C template uses it too.
+SOFTPLUS_LINEAR_ABOVE = 20
+# The tanh approximation of gelu: 0.5 x (1 + tanh(sqrt(2/pi) (x + GELU_TANH_CUBIC x^3))).
+GELU_TANH_CUBIC = 0.044715
+
 
 def _gelu(x: np.ndarray, a: Attrs) -> np.ndarray:
-    if a.get("approximate", "none") == "tanh":
-        inner = np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)
+    if a["approximate"] == "tanh":
+        inner = np.sqrt(2 / np.pi) * (x + GELU_TANH_CUBIC * x**3)
         return 0.5 * x * (1 + np.tanh(inner))
     return 0.5 * x * (1 + _erf(x / np.sqrt(2)))
 
 
 def _softplus(x: np.ndarray) -> np.ndarray:
-    return np.where(x > 20, x, np.log1p(np.exp(np.minimum(x, 20))))
+    cut = SOFTPLUS_LINEAR_ABOVE
+    return np.where(x > cut, x, np.log1p(np.exp(np.minimum(x, cut))))
 
 
 def _clip(x: np.ndarray, a: Attrs) -> np.ndarray:
-    lo, hi = a.get("min"), a.get("max")
+    lo, hi = a["min"], a["max"]
     if lo is not None:
         x = np.where(x < lo, np.asarray(lo).astype(x.dtype), x)
     if hi is not None:
@@ -47,7 +54,7 @@ def _int_div(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _mod(x: np.ndarray, y: np.ndarray, a: Attrs) -> np.ndarray:
-    if a.get("fmod", 0):
+    if a["fmod"]:
         return np.fmod(x, y)
     if np.issubdtype(x.dtype, np.integer):
         return np.where(y == 0, 0, np.mod(x, np.where(y == 0, 1, y)))
@@ -66,62 +73,69 @@ def _div(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return x / y
 
 
-SELU_ALPHA = 1.67326319217681884765625
-SELU_GAMMA = 1.05070102214813232421875
+def _selu(x: np.ndarray, a: Attrs) -> np.ndarray:
+    return a["gamma"] * np.where(x > 0, x, a["alpha"] * (np.exp(x) - 1))
 
-# name -> reference(x, attrs); output dtype = input dtype.
-UNARY: dict[str, Callable[[np.ndarray, Attrs], np.ndarray]] = {
-    "relu": lambda x, a: np.where(x < 0, np.zeros_like(x), x),
-    "leaky_relu": lambda x, a: np.where(x < 0, x * a.get("alpha", 0.01), x),
-    "sigmoid": lambda x, a: 1 / (1 + np.exp(-x)),
-    "hard_sigmoid": lambda x, a: np.clip(a.get("alpha", 0.2) * x + a.get("beta", 0.5), 0, 1),
-    "hard_swish": lambda x, a: x * np.clip(x / 6 + 0.5, 0, 1),
-    "tanh": lambda x, a: np.tanh(x),
-    "exp": lambda x, a: np.exp(x),
-    "log": lambda x, a: np.log(x),
-    "sqrt": lambda x, a: np.sqrt(x),
-    "reciprocal": lambda x, a: 1 / x,
-    "neg": lambda x, a: -x,
-    "abs": lambda x, a: np.abs(x),
-    "erf": lambda x, a: _erf(x),
-    "gelu": _gelu,
-    "softplus": lambda x, a: _softplus(x),
-    "softsign": lambda x, a: x / (1 + np.abs(x)),
-    "mish": lambda x, a: x * np.tanh(_softplus(x)),
-    "selu": lambda x, a: a.get("gamma", SELU_GAMMA)
-    * np.where(x > 0, x, a.get("alpha", SELU_ALPHA) * (np.exp(x) - 1)),
-    "elu": lambda x, a: np.where(x > 0, x, a.get("alpha", 1.0) * (np.exp(x) - 1)),
-    "celu": lambda x, a: np.maximum(x, 0)
-    + np.minimum(0, a.get("alpha", 1.0) * (np.exp(x / a.get("alpha", 1.0)) - 1)),
-    "thresholded_relu": lambda x, a: np.where(x > a.get("alpha", 1.0), x, 0),
-    "sign": lambda x, a: np.sign(x),
-    "floor": lambda x, a: np.floor(x),
-    "ceil": lambda x, a: np.ceil(x),
-    "round": lambda x, a: np.round(x),
-    "sin": lambda x, a: np.sin(x),
-    "cos": lambda x, a: np.cos(x),
-    "clip": _clip,
+
+def _celu(x: np.ndarray, a: Attrs) -> np.ndarray:
+    return np.maximum(x, 0) + np.minimum(0, a["alpha"] * (np.exp(x / a["alpha"]) - 1))
+
+
+UnaryFn = Callable[[np.ndarray, Attrs], np.ndarray]
+# name -> (reference(x, attrs), declared attrs with their defaults); output dtype = input's.
+UNARY: dict[str, tuple[UnaryFn, Attrs]] = {
+    "relu": (lambda x, a: np.where(x < 0, np.zeros_like(x), x), {}),
+    "leaky_relu": (lambda x, a: np.where(x < 0, x * a["alpha"], x), {"alpha": 0.01}),
+    "sigmoid": (lambda x, a: 1 / (1 + np.exp(-x)), {}),
+    "hard_sigmoid": (lambda x, a: np.clip(a["alpha"] * x + a["beta"], 0, 1),
+                     {"alpha": 0.2, "beta": 0.5}),
+    "hard_swish": (lambda x, a: x * np.clip(x / 6 + 0.5, 0, 1), {}),
+    "tanh": (lambda x, a: np.tanh(x), {}),
+    "exp": (lambda x, a: np.exp(x), {}),
+    "log": (lambda x, a: np.log(x), {}),
+    "sqrt": (lambda x, a: np.sqrt(x), {}),
+    "reciprocal": (lambda x, a: 1 / x, {}),
+    "neg": (lambda x, a: -x, {}),
+    "abs": (lambda x, a: np.abs(x), {}),
+    "erf": (lambda x, a: _erf(x), {}),
+    "gelu": (_gelu, {"approximate": "none"}),
+    "softplus": (lambda x, a: _softplus(x), {}),
+    "softsign": (lambda x, a: x / (1 + np.abs(x)), {}),
+    "mish": (lambda x, a: x * np.tanh(_softplus(x)), {}),
+    "selu": (_selu, {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875}),
+    "elu": (lambda x, a: np.where(x > 0, x, a["alpha"] * (np.exp(x) - 1)), {"alpha": 1.0}),
+    "celu": (_celu, {"alpha": 1.0}),
+    "thresholded_relu": (lambda x, a: np.where(x > a["alpha"], x, 0), {"alpha": 1.0}),
+    "sign": (lambda x, a: np.sign(x), {}),
+    "floor": (lambda x, a: np.floor(x), {}),
+    "ceil": (lambda x, a: np.ceil(x), {}),
+    "round": (lambda x, a: np.round(x), {}),
+    "sin": (lambda x, a: np.sin(x), {}),
+    "cos": (lambda x, a: np.cos(x), {}),
+    "clip": (_clip, {"min": None, "max": None}),  # None: unbounded on that side
 }
 
-# name -> reference(x, y, attrs); output dtype = x's dtype unless in COMPARE/LOGICAL.
-BINARY: dict[str, Callable[[np.ndarray, np.ndarray, Attrs], np.ndarray]] = {
-    "add": lambda x, y, a: x + y,
-    "sub": lambda x, y, a: x - y,
-    "mul": lambda x, y, a: x * y,
-    "div": lambda x, y, a: _div(x, y),
-    "pow": lambda x, y, a: _pow(x, y),
-    "max": lambda x, y, a: np.maximum(x, y),
-    "min": lambda x, y, a: np.minimum(x, y),
-    "mod": _mod,
-    "prelu": lambda x, y, a: np.where(x < 0, x * y, x),
-    "equal": lambda x, y, a: x == y,
-    "greater": lambda x, y, a: x > y,
-    "less": lambda x, y, a: x < y,
-    "greater_equal": lambda x, y, a: x >= y,
-    "less_equal": lambda x, y, a: x <= y,
-    "and": lambda x, y, a: np.logical_and(x, y),
-    "or": lambda x, y, a: np.logical_or(x, y),
-    "xor": lambda x, y, a: np.logical_xor(x, y),
+BinaryFn = Callable[[np.ndarray, np.ndarray, Attrs], np.ndarray]
+# name -> (reference(x, y, attrs), declared attrs); output dtype = x's unless in
+# COMPARE/LOGICAL.
+BINARY: dict[str, tuple[BinaryFn, Attrs]] = {
+    "add": (lambda x, y, a: x + y, {}),
+    "sub": (lambda x, y, a: x - y, {}),
+    "mul": (lambda x, y, a: x * y, {}),
+    "div": (lambda x, y, a: _div(x, y), {}),
+    "pow": (lambda x, y, a: _pow(x, y), {}),
+    "max": (lambda x, y, a: np.maximum(x, y), {}),
+    "min": (lambda x, y, a: np.minimum(x, y), {}),
+    "mod": (_mod, {"fmod": 0}),
+    "prelu": (lambda x, y, a: np.where(x < 0, x * y, x), {}),
+    "equal": (lambda x, y, a: x == y, {}),
+    "greater": (lambda x, y, a: x > y, {}),
+    "less": (lambda x, y, a: x < y, {}),
+    "greater_equal": (lambda x, y, a: x >= y, {}),
+    "less_equal": (lambda x, y, a: x <= y, {}),
+    "and": (lambda x, y, a: np.logical_and(x, y), {}),
+    "or": (lambda x, y, a: np.logical_or(x, y), {}),
+    "xor": (lambda x, y, a: np.logical_xor(x, y), {}),
 }
 COMPARE = {"equal", "greater", "less", "greater_equal", "less_equal"}
 LOGICAL = {"and", "or", "xor"}
@@ -148,19 +162,16 @@ def _binary_infer(name: str):
     return infer
 
 
-def _as(dtype: str, fn):
-    return lambda arrays, attrs: [np.asarray(fn(*arrays, attrs)).astype(dtype, copy=False)]
-
-
-for _name, _fn in UNARY.items():
+for _name, (_fn, _attrs) in UNARY.items():
     register(
         _name,
         infer=_unary_infer,
         reference=lambda arrs, a, f=_fn: [np.asarray(f(arrs[0], a)).astype(arrs[0].dtype)],
         kind=ELEMENTWISE,
+        attrs=_attrs,
     )
 
-for _name, _fn in BINARY.items():
+for _name, (_fn, _attrs) in BINARY.items():
     _out_bool = _name in COMPARE | LOGICAL
     register(
         _name,
@@ -169,6 +180,7 @@ for _name, _fn in BINARY.items():
             np.asarray(f(arrs[0], arrs[1], a)).astype("bool" if b else arrs[0].dtype)
         ],
         kind=ELEMENTWISE,
+        attrs=_attrs,
     )
 
 
@@ -188,8 +200,8 @@ def _cast_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
     return [TensorType(types[0].shape, attrs["to"])]
 
 
-register("cast", infer=_cast_infer,
-         reference=lambda arrs, a: [arrs[0].astype(a["to"])], kind=ELEMENTWISE)
+register("cast", infer=_cast_infer, reference=lambda arrs, a: [arrs[0].astype(a["to"])],
+         kind=ELEMENTWISE, attrs={"to": REQUIRED})
 
 
 def _where_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:

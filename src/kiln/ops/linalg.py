@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..ir.types import TensorType
 from .common import broadcast_shapes, expect_arity, same_dtype
-from .registry import Attrs, register
+from .registry import REQUIRED, Attrs, register
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,10 @@ def _gemm_reference(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarray]:
     return [out.astype(dtype)]
 
 
-register("gemm", infer=_gemm_infer, reference=_gemm_reference)
+# trans_b is the model's; whether a constant B is stored transposed is a layout choice made
+# later (passes/simplify.py), not by the frontend.
+register("gemm", infer=_gemm_infer, reference=_gemm_reference,
+         attrs={"alpha": 1.0, "beta": 1.0, "trans_a": False, "trans_b": False})
 
 
 def _cumsum_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
@@ -120,7 +123,8 @@ def _cumsum_reference(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarray]:
     return [np.ascontiguousarray(np.moveaxis(out, -1, attrs["axis"]))]
 
 
-register("cumsum", infer=_cumsum_infer, reference=_cumsum_reference)
+register("cumsum", infer=_cumsum_infer, reference=_cumsum_reference,
+         attrs={"axis": REQUIRED, "exclusive": False, "reverse": False})
 
 
 def _trilu_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
@@ -135,4 +139,5 @@ def _trilu_reference(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarray]:
     return [fn(arrs[0], attrs["k"])]
 
 
-register("trilu", infer=_trilu_infer, reference=_trilu_reference)
+register("trilu", infer=_trilu_infer, reference=_trilu_reference,
+         attrs={"k": 0, "upper": True})

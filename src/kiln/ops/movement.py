@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..ir.types import TensorType
 from .common import broadcast_shapes, expect_arity, same_dtype
-from .registry import Attrs, register
+from .registry import REQUIRED, Attrs, register
 
 INDEX_DTYPES = ("int32", "int64")
 PAD_MODES = ("constant", "reflect", "edge", "wrap")
@@ -46,7 +46,7 @@ def _transpose_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
 
 
 register("transpose", infer=_transpose_infer,
-         reference=lambda arrs, a: [np.transpose(arrs[0], a["perm"])])
+         reference=lambda arrs, a: [np.transpose(arrs[0], a["perm"])], attrs={"perm": REQUIRED})
 
 
 # concat / split ----------------------------------------------------------------------------
@@ -67,7 +67,8 @@ def _concat_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
 
 
 register("concat", infer=_concat_infer,
-         reference=lambda arrs, a: [np.concatenate(arrs, axis=a["axis"])])
+         reference=lambda arrs, a: [np.concatenate(arrs, axis=a["axis"])],
+         attrs={"axis": REQUIRED})
 
 
 def _split_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
@@ -86,7 +87,8 @@ def _split_reference(arrs: list[np.ndarray], a: Attrs) -> list[np.ndarray]:
     return [np.ascontiguousarray(p) for p in np.split(arrs[0], bounds, axis=a["axis"])]
 
 
-register("split", infer=_split_infer, reference=_split_reference)
+register("split", infer=_split_infer, reference=_split_reference,
+         attrs={"axis": REQUIRED, "sizes": REQUIRED}, epilogue=False)  # one output per size
 
 
 # slice -------------------------------------------------------------------------------------
@@ -119,7 +121,8 @@ def _slice_reference(arrs: list[np.ndarray], a: Attrs) -> list[np.ndarray]:
     return [arrs[0][index]]
 
 
-register("slice", infer=_slice_infer, reference=_slice_reference)
+register("slice", infer=_slice_infer, reference=_slice_reference,
+         attrs={"starts": REQUIRED, "ends": REQUIRED, "steps": REQUIRED})
 
 
 # gather, gather_elements, gather_nd --------------------------------------------------------
@@ -141,7 +144,7 @@ def _gather_reference(arrs: list[np.ndarray], a: Attrs) -> list[np.ndarray]:
     return [np.take(data, _wrap_clamp(idx, data.shape[a["axis"]]), axis=a["axis"])]
 
 
-register("gather", infer=_gather_infer, reference=_gather_reference)
+register("gather", infer=_gather_infer, reference=_gather_reference, attrs={"axis": REQUIRED})
 
 
 def _gather_elements_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
@@ -167,7 +170,8 @@ def _gather_elements_reference(arrs: list[np.ndarray], a: Attrs) -> list[np.ndar
     return [np.take_along_axis(data[window], clamped, axis=axis)]
 
 
-register("gather_elements", infer=_gather_elements_infer, reference=_gather_elements_reference)
+register("gather_elements", infer=_gather_elements_infer, reference=_gather_elements_reference,
+         attrs={"axis": REQUIRED})
 
 
 def _gather_nd_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
@@ -198,7 +202,8 @@ def _gather_nd_reference(arrs: list[np.ndarray], a: Attrs) -> list[np.ndarray]:
     return [picked.reshape(idx.shape[:-1] + data.shape[b + k:])]
 
 
-register("gather_nd", infer=_gather_nd_infer, reference=_gather_nd_reference)
+register("gather_nd", infer=_gather_nd_infer, reference=_gather_nd_reference,
+         attrs={"batch_dims": 0})
 
 
 # expand, tile, pad -------------------------------------------------------------------------
@@ -212,7 +217,8 @@ def _expand_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
 
 
 register("expand", infer=_expand_infer,
-         reference=lambda arrs, a: [np.broadcast_to(arrs[0], a["shape"]).copy()])
+         reference=lambda arrs, a: [np.broadcast_to(arrs[0], a["shape"]).copy()],
+         attrs={"shape": REQUIRED})
 
 
 def _tile_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
@@ -224,7 +230,8 @@ def _tile_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
     return [TensorType(tuple(n * r for n, r in zip(shape, reps, strict=True)), types[0].dtype)]
 
 
-register("tile", infer=_tile_infer, reference=lambda arrs, a: [np.tile(arrs[0], a["repeats"])])
+register("tile", infer=_tile_infer, reference=lambda arrs, a: [np.tile(arrs[0], a["repeats"])],
+         attrs={"repeats": REQUIRED})
 
 
 def _pad_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
@@ -273,7 +280,8 @@ def _pad_reference(arrs: list[np.ndarray], a: Attrs) -> list[np.ndarray]:
     return [np.where(mask, picked, fill)]
 
 
-register("pad", infer=_pad_infer, reference=_pad_reference)
+register("pad", infer=_pad_infer, reference=_pad_reference,
+         attrs={"pads": REQUIRED, "mode": REQUIRED, "value": REQUIRED})
 
 
 # one_hot -----------------------------------------------------------------------------------
@@ -300,5 +308,6 @@ def _one_hot_reference(arrs: list[np.ndarray], a: Attrs) -> list[np.ndarray]:
     return [np.where(hot, values[1], values[0]).astype(values.dtype)]
 
 
-register("one_hot", infer=_one_hot_infer, reference=_one_hot_reference)
+register("one_hot", infer=_one_hot_infer, reference=_one_hot_reference,
+         attrs={"depth": REQUIRED, "axis": REQUIRED})
 

@@ -20,10 +20,12 @@ from .common import (
     same_dtype,
     spatial_axes,
 )
-from .registry import Attrs, register
+from .registry import REQUIRED, Attrs, register
 
 # y = (x - mean) / (sqrt(var) + MVN_EPSILON), as ONNX MeanVarianceNormalization defines it.
 MVN_EPSILON = 1e-9
+# The attrs of the layer norms: the first normalized axis (non-negative) and epsilon.
+LAYER_NORM_ATTRS = {"axis": REQUIRED, "epsilon": 1e-5}
 
 
 # ---- lrn: [x (N,C,...)] attrs size, alpha, beta, bias; across-channel local response norm.
@@ -52,7 +54,8 @@ def _lrn_ref(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarray]:
     return [(x / scale ** attrs["beta"]).astype(x.dtype)]
 
 
-register("lrn", infer=_lrn_infer, reference=_lrn_ref)
+register("lrn", infer=_lrn_infer, reference=_lrn_ref,
+         attrs={"size": REQUIRED, "alpha": 1e-4, "beta": 0.75, "bias": 1.0})
 
 
 # ---- normalizations
@@ -73,13 +76,21 @@ def _per_channel(v: np.ndarray, rank: int) -> np.ndarray:
     return v.reshape((-1,) + (1,) * (rank - 2))
 
 
+def batch_norm_scale_shift(scale: np.ndarray, bias: np.ndarray, mean: np.ndarray,
+                           var: np.ndarray, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (a, b) in float64 with batch_norm(x) = x * a + b: the reference uses them
+    and passes/simplify.py folds them into a conv's weights or a mul + add."""
+    a = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + epsilon)
+    return a, bias.astype(np.float64) - mean.astype(np.float64) * a
+
+
 def _bn_ref(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarray]:
-    x, scale, bias, mean, var = arrs[0], *(_per_channel(a, arrs[0].ndim) for a in arrs[1:])
-    y = (x - mean) / np.sqrt(var + attrs["epsilon"]) * scale + bias
-    return [y.astype(x.dtype)]
+    x = arrs[0]
+    a, b = (_per_channel(v, x.ndim) for v in batch_norm_scale_shift(*arrs[1:], attrs["epsilon"]))
+    return [(x * a + b).astype(x.dtype)]
 
 
-register("batch_norm", infer=_bn_infer, reference=_bn_ref)
+register("batch_norm", infer=_bn_infer, reference=_bn_ref, attrs={"epsilon": 1e-5})
 
 
 def _standardize(x: np.ndarray, axes: tuple[int, ...], epsilon: float) -> np.ndarray:
@@ -106,7 +117,8 @@ def _instance_norm_ref(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarray]
     return [y.astype(x.dtype)]
 
 
-register("instance_norm", infer=_instance_norm_infer, reference=_instance_norm_ref)
+register("instance_norm", infer=_instance_norm_infer, reference=_instance_norm_ref,
+         attrs={"epsilon": 1e-5})
 
 
 def _layer_norm_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
@@ -132,7 +144,8 @@ def _layer_norm_ref(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarray]:
     return [y.astype(x.dtype)]
 
 
-register("layer_norm", infer=_layer_norm_infer, reference=_layer_norm_ref)
+register("layer_norm", infer=_layer_norm_infer, reference=_layer_norm_ref,
+         attrs=LAYER_NORM_ATTRS)
 
 
 def _rms_norm_ref(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarray]:
@@ -142,7 +155,7 @@ def _rms_norm_ref(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarray]:
     return [(x / np.sqrt(square + attrs["epsilon"]) * arrs[1]).astype(x.dtype)]
 
 
-register("rms_norm", infer=_layer_norm_infer, reference=_rms_norm_ref)
+register("rms_norm", infer=_layer_norm_infer, reference=_rms_norm_ref, attrs=LAYER_NORM_ATTRS)
 
 
 def _layer_norm_stats_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
@@ -164,7 +177,8 @@ def _layer_norm_stats_ref(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarr
     return [mean.astype(x.dtype), (1 / np.sqrt(var + attrs["epsilon"])).astype(x.dtype)]
 
 
-register("layer_norm_stats", infer=_layer_norm_stats_infer, reference=_layer_norm_stats_ref)
+register("layer_norm_stats", infer=_layer_norm_stats_infer, reference=_layer_norm_stats_ref,
+         attrs=LAYER_NORM_ATTRS, epilogue=False)  # two outputs
 
 
 def _mvn_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
@@ -183,7 +197,7 @@ def _mvn_ref(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarray]:
     return [((x - mean) / (std + MVN_EPSILON)).astype(x.dtype)]
 
 
-register("mean_variance_norm", infer=_mvn_infer, reference=_mvn_ref)
+register("mean_variance_norm", infer=_mvn_infer, reference=_mvn_ref, attrs={"axes": REQUIRED})
 
 
 def _lp_norm_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
@@ -207,4 +221,5 @@ def _lp_norm_ref(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarray]:
         return [np.where(norm == 0, 0, x / norm).astype(x.dtype)]
 
 
-register("lp_norm", infer=_lp_norm_infer, reference=_lp_norm_ref)
+register("lp_norm", infer=_lp_norm_infer, reference=_lp_norm_ref,
+         attrs={"axis": REQUIRED, "p": 2})

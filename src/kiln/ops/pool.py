@@ -14,8 +14,8 @@ import numpy as np
 
 from ..ir.types import TensorType
 from .common import expect_arity, need_float, need_image, spatial_axes
-from .registry import Attrs, register
-from .window import check_window, pad_spatial, window_shape, window_slices
+from .registry import REQUIRED, Attrs, register
+from .window import check_window, pad_spatial, window_extent, window_shape, window_slices
 
 # ---- pools: [x] -> (N,C,*O); attrs kernel_shape, strides, dilations, pads, ceil_mode
 # (+ count_include_pad for avg_pool). Padding never wins a max and counts in an average only
@@ -50,8 +50,8 @@ def _pool_blocks(x: np.ndarray, attrs: Attrs, fill: float | int,
     kernel, p = attrs["kernel_shape"], attrs["pads"]
     nd = len(kernel)
     out = window_shape(x.shape, kernel, attrs, attrs["ceil_mode"])
-    extra = [max(0, (out[i] - 1) * attrs["strides"][i] + (kernel[i] - 1) * attrs["dilations"][i]
-                 + 1 - (p[i] + x.shape[2 + i] + p[nd + i])) for i in range(nd)]
+    extra = [max(0, window_extent(out[i], kernel[i], attrs["strides"][i], attrs["dilations"][i])
+                 - (p[i] + x.shape[2 + i] + p[nd + i])) for i in range(nd)]
     xp = pad_spatial(x, [(p[i], p[nd + i]) for i in range(nd)], fill)
     xp = pad_spatial(xp, [(0, e) for e in extra], fill if overhang is None else overhang)
     return [xp[window_slices(k, out, attrs)] for k in itertools.product(*map(range, kernel))]
@@ -89,9 +89,14 @@ def _max_pool_argmax_ref(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarra
     return [np.ascontiguousarray(arg)]
 
 
-register("max_pool", infer=_pool_infer("max"), reference=_max_pool_ref)
-register("avg_pool", infer=_pool_infer("avg"), reference=_avg_pool_ref)
-register("max_pool_argmax", infer=_pool_infer("argmax"), reference=_max_pool_argmax_ref)
+# The attrs of every windowed pool: explicit windows (kiln/ops/window.py) and ceil_mode.
+POOL_ATTRS = {"kernel_shape": REQUIRED, "strides": REQUIRED, "dilations": REQUIRED,
+              "pads": REQUIRED, "ceil_mode": False}
+register("max_pool", infer=_pool_infer("max"), reference=_max_pool_ref, attrs=POOL_ATTRS)
+register("avg_pool", infer=_pool_infer("avg"), reference=_avg_pool_ref,
+         attrs={**POOL_ATTRS, "count_include_pad": False})
+register("max_pool_argmax", infer=_pool_infer("argmax"), reference=_max_pool_argmax_ref,
+         attrs={**POOL_ATTRS, "storage_order": 0})
 
 
 def _global_pool_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..ir.types import TensorType
 from .common import expect_arity
-from .registry import Attrs, register
+from .registry import REQUIRED, Attrs, register
 
 ReduceFn = Callable[[np.ndarray, tuple[int, ...]], np.ndarray]
 
@@ -123,7 +123,8 @@ def _reduction_reference(op: str):
 
 
 for _op in REDUCTIONS:
-    register(_op, infer=_reduction_infer(_op), reference=_reduction_reference(_op))
+    register(_op, infer=_reduction_infer(_op), reference=_reduction_reference(_op),
+             attrs={"axes": REQUIRED, "keepdims": True})
 
 
 def _check_axis(op: str, t: TensorType, axis: int) -> None:
@@ -166,8 +167,9 @@ def _arg_reference(largest: bool):
     return reference
 
 
-register("argmax", infer=_arg_infer("argmax"), reference=_arg_reference(True))
-register("argmin", infer=_arg_infer("argmin"), reference=_arg_reference(False))
+ARG_ATTRS = {"axis": REQUIRED, "keepdims": True, "select_last_index": False}
+register("argmax", infer=_arg_infer("argmax"), reference=_arg_reference(True), attrs=ARG_ATTRS)
+register("argmin", infer=_arg_infer("argmin"), reference=_arg_reference(False), attrs=ARG_ATTRS)
 
 
 # ---- softmax / log_softmax / hardmax ----------------------------------------------------------
@@ -206,6 +208,7 @@ for _op, _fn in _AXIS_OPS.items():
         _op,
         infer=_axis_op_infer(_op),
         reference=lambda arrs, a, f=_fn: [np.asarray(f(arrs[0], a["axis"])).astype(arrs[0].dtype)],
+        attrs={"axis": REQUIRED},
     )
 
 
@@ -237,4 +240,7 @@ def _topk_reference(arrays: list[np.ndarray], attrs: Attrs) -> list[np.ndarray]:
     return [np.take_along_axis(x, idx, axis=axis), idx]
 
 
-register("topk", infer=_topk_infer, reference=_topk_reference)
+# Results are always sorted (best first), so `sorted` only records what the model asked for.
+register("topk", infer=_topk_infer, reference=_topk_reference,
+         attrs={"k": REQUIRED, "axis": REQUIRED, "largest": True, "sorted": True},
+         epilogue=False)  # two outputs

@@ -1,14 +1,18 @@
-"""The operator contract: each IR op has a shape/dtype rule and a NumPy reference.
+"""The operator contract: an OpDef is the one definition of an IR op.
 
-The reference is the op's meaning: constant folding evaluates it and tests compare the
-compiled kernels with it. The C kernel for the op lives in the paired file under
-kiln/codegen/kernels/ with the same family name.
+It holds the op's attributes with their defaults, its shape/dtype rule, its NumPy reference
+(the op's meaning: constant folding evaluates it and tests compare the compiled kernels
+with it), its kind, and whether its C kernel accepts a fused elementwise epilogue. The C
+template is registered under the same name in kiln/codegen/kernels/<family>.py, where
+<family> is the name of the module here that defines the op (a later stage: codegen imports
+ops, never the reverse).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -21,29 +25,64 @@ InferFn = Callable[[list[TensorType], Attrs], list[TensorType]]
 ReferenceFn = Callable[[list[np.ndarray], Attrs], list[np.ndarray]]
 
 # Op kinds: how passes may treat an op.
-OPAQUE = "opaque"  # a kernel of its own; may take an elementwise epilogue
+OPAQUE = "opaque"  # a kernel of its own
 ELEMENTWISE = "elementwise"  # one output element from the same-index input elements
 VIEW = "view"  # output is the input's bytes reinterpreted (reshape-like): no kernel
 
 
-@dataclass(frozen=True)
+class _Required:
+    """The default of an attribute every node must give."""
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+
+
+@dataclass(frozen=True, eq=False)
 class OpDef:
-    """One IR operator: its name, type rule, NumPy reference and kind."""
+    """One IR operator: name, declared attributes (name -> default, or REQUIRED), type rule,
+    NumPy reference, kind, and whether its kernel takes a fused elementwise epilogue."""
 
     name: str
     infer: InferFn
     reference: ReferenceFn
     kind: str = OPAQUE
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    # True when the kernel has one output and writes it only through ctx.store, so fusion
+    # may append an elementwise chain to it; view ops have no kernel, hence no epilogue.
+    epilogue: bool = True
+
+    def resolve_attrs(self, given: Mapping[str, Any], where: str) -> Attrs:
+        """given with every declared attribute it lacks set to its default (the only place
+        defaults are applied); an unknown or missing required attribute is an error."""
+        unknown = sorted(set(given) - set(self.attrs))
+        if unknown:
+            raise UnsupportedOpError(f"{where}: unknown attribute '{unknown[0]}' of op "
+                                     f"{self.name}; it declares {sorted(self.attrs)}")
+        attrs = {**self.attrs, **given}
+        missing = [k for k, v in attrs.items() if v is REQUIRED]
+        if missing:
+            raise UnsupportedOpError(f"{where}: attribute '{missing[0]}' of op {self.name} "
+                                     "is required")
+        return attrs
 
 
 _OPS: dict[str, OpDef] = {}
 
 
-def register(name: str, *, infer: InferFn, reference: ReferenceFn, kind: str = OPAQUE) -> OpDef:
-    """Register an IR op; each name may be registered once."""
+def register(name: str, *, infer: InferFn, reference: ReferenceFn, kind: str = OPAQUE,
+             attrs: Mapping[str, Any] | None = None, epilogue: bool | None = None) -> OpDef:
+    """Register an IR op; each name may be registered once. epilogue defaults to True for
+    ops with a kernel (opaque, elementwise) and is always False for views."""
     if name in _OPS:
         raise ValueError(f"op {name} registered twice")
-    op = OpDef(name, infer, reference, kind)
+    if epilogue is None:
+        epilogue = kind != VIEW
+    if kind == VIEW and epilogue:
+        raise ValueError(f"view op {name} has no kernel, so it cannot take an epilogue")
+    op = OpDef(name, infer, reference, kind, MappingProxyType(dict(attrs or {})), epilogue)
     _OPS[name] = op
     return op
 
@@ -57,4 +96,5 @@ def get_op(name: str) -> OpDef:
 
 
 def all_ops() -> dict[str, OpDef]:
+    """Every registered IR op by name (the op-contract test walks them)."""
     return dict(_OPS)

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import ShapeError, UnsupportedOpError
 from ..ir.types import TensorType
 from .common import expect_arity
-from .registry import Attrs, register
+from .registry import REQUIRED, Attrs, register
 
 MODES = ("nearest", "linear", "cubic")
 COORDINATE_MODES = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel",
@@ -217,4 +217,7 @@ def _reference(arrays: list[np.ndarray], attrs: Attrs) -> list[np.ndarray]:
     return [result if nearest else saturate(result, x.dtype.name)]
 
 
-register("resize", infer=_infer, reference=_reference)
+# Every attr is resolved by the frontend (ONNX's defaults differ between Resize versions).
+ATTRS = ("sizes", "scales", "roi", "mode", "coordinate_mode", "nearest_mode", "cubic_coeff_a",
+         "exclude_outside", "antialias", "extrapolation_value")
+register("resize", infer=_infer, reference=_reference, attrs=dict.fromkeys(ATTRS, REQUIRED))

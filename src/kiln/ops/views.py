@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..errors import ShapeError
 from ..ir.types import TensorType
 from .common import expect_arity
-from .registry import VIEW, Attrs, register
+from .registry import REQUIRED, VIEW, Attrs, register
 
 
 def _reshape_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
@@ -21,4 +21,5 @@ def _reshape_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
 
 
 register("reshape", infer=_reshape_infer,
-         reference=lambda arrs, a: [arrs[0].reshape(a["shape"])], kind=VIEW)
+         reference=lambda arrs, a: [arrs[0].reshape(a["shape"])], kind=VIEW,
+         attrs={"shape": REQUIRED})

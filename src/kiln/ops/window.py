@@ -13,6 +13,12 @@ from ..ir.types import TensorType
 from .registry import Attrs
 
 
+def window_extent(count: int, kernel: int, stride: int, dilation: int) -> int:
+    """Input positions spanned by `count` windows of `kernel` taps: from the first tap of the
+    first window through the last tap of the last, (count-1)*stride + (kernel-1)*dilation + 1."""
+    return (count - 1) * stride + (kernel - 1) * dilation + 1
+
+
 def check_window(x: TensorType, kernel: tuple[int, ...], attrs: Attrs, *,
                  allow_negative_pads: bool = False) -> int:
     """Check kernel/strides/dilations/pads against the spatial rank of x; return that rank."""
@@ -56,7 +62,7 @@ def window_shape(x_shape: tuple[int, ...], kernel: tuple[int, ...], attrs: Attrs
 def window_slices(k: tuple[int, ...], out: tuple[int, ...], attrs: Attrs) -> tuple:
     """Index of the (N, C, *out) block of a padded input that kernel offset k reads."""
     s, d = attrs["strides"], attrs["dilations"]
-    spatial = tuple(slice(k[i] * d[i], k[i] * d[i] + (out[i] - 1) * s[i] + 1, s[i])
+    spatial = tuple(slice(k[i] * d[i], k[i] * d[i] + window_extent(out[i], 1, s[i], 1), s[i])
                     for i in range(len(k)))
     return (slice(None), slice(None)) + spatial
 

@@ -1,13 +1,13 @@
 """Constant folding: evaluate nodes whose inputs are all bound params, using the op reference.
 
-Results over the folding limit (ir/evaluate.py) are not computed: their nodes stay kernels.
+Results over the folding limit (ops/evaluate.py) are not computed: their nodes stay kernels.
 """
 
 from __future__ import annotations
 
 from ..ir import Module
-from ..ir.evaluate import evaluate, fold_refusal
 from ..ops import get_op
+from ..ops.evaluate import evaluate, fold_refusal
 
 
 def fold_constants(mod: Module) -> Module:

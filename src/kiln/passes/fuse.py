@@ -4,14 +4,14 @@ A kernel group is an anchor node plus a chain of elementwise nodes of the anchor
 shape, in graph order, computed from the anchor's value (and other operands loaded per
 element). The chain may branch and join (x * sigmoid(x), erf-GELU) as long as only its last
 value is read outside the group; it becomes the anchor's epilogue, so the intermediate
-tensors are never written to memory. View ops (reshape) get no kernel.
+tensors are never written to memory. Only anchors whose op declares `epilogue` (in
+kiln/ops) take a chain. View ops (reshape) get no kernel.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..codegen.kernels import get_kernel
 from ..ir import Module, Node, Value
 from ..ops import ELEMENTWISE, VIEW, get_op
 
@@ -95,7 +95,7 @@ def fuse(mod: Module) -> list[KernelGroup]:
         if id(node) in absorbed or get_op(node.op).kind == VIEW:
             continue
         group = KernelGroup(node)
-        if len(node.outputs) == 1 and get_kernel(node.op).epilogue:
+        if len(node.outputs) == 1 and get_op(node.op).epilogue:
             group.chain = _chain(node, users, graph_outputs, absorbed, position)
             absorbed.update(id(n) for n in group.chain)
         # Run the group where its last node stood: the chain's other operands exist by then.

@@ -1,14 +1,25 @@
-"""Algebraic cleanup: fold inference BatchNormalization into the preceding conv's weights.
+"""Algebraic cleanup with constant weights: fold inference BatchNormalization into the preceding
+conv's weights, and store a gemm's constant B the way its kernel reads fastest.
 
 A batch_norm that does not follow a conv becomes a per-channel mul + add, which fuses into
-whatever produced its input.
+whatever produced its input. The BatchNorm math itself is ops/norm.py's.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Module, Node, Value
+from ..ir import Module, Node, TensorType, Value, unique_name
+from ..ops.norm import batch_norm_scale_shift
+
+
+def _new_param(mod: Module, hint: str, array: np.ndarray) -> Value:
+    """A new bound param holding array, named after hint."""
+    name = unique_name(hint, {v.name for v in mod.graph.values()})
+    value = Value(name, TensorType.of(array))
+    mod.graph.params.append(value)
+    mod.params[name] = np.asarray(array, order="C")
+    return value
 
 
 def _bn_scale_shift(mod: Module, bn: Node) -> tuple[np.ndarray, np.ndarray] | None:
@@ -16,23 +27,33 @@ def _bn_scale_shift(mod: Module, bn: Node) -> tuple[np.ndarray, np.ndarray] | No
     names = [v.name for v in bn.inputs[1:]]
     if not all(n in mod.params for n in names):
         return None
-    gamma, beta, mean, var = (mod.params[n].astype(np.float64) for n in names)
-    scale = gamma / np.sqrt(var + bn.attrs.get("epsilon", 1e-5))
-    return scale, beta - mean * scale
+    gamma, beta, mean, var = (mod.params[n] for n in names)
+    return batch_norm_scale_shift(gamma, beta, mean, var, bn.attrs["epsilon"])
 
 
-def _new_param(mod: Module, hint: str, array: np.ndarray) -> Value:
-    from ..ir import TensorType
-
-    taken = {v.name for v in mod.graph.values()}
-    name, k = hint, 0
-    while name in taken:
-        k += 1
-        name = f"{hint}_{k}"
-    value = Value(name, TensorType.of(array))
-    mod.graph.params.append(value)
-    mod.params[name] = np.asarray(array, order="C")
-    return value
+def _fold_into_conv(mod: Module, bn: Node, scale: np.ndarray, shift: np.ndarray,
+                    users: dict[Value, list[Node]]) -> bool:
+    """Scale the weights (and bias) of the conv bn alone reads, dropping bn; False if bn does
+    not follow such a conv with constant weights."""
+    g = mod.graph
+    x = bn.inputs[0]
+    conv = x.producer
+    if (conv is None or conv.op != "conv" or len(users.get(x, [])) != 1
+            or x in g.outputs or conv.inputs[1].name not in mod.params):
+        return False
+    bias = (mod.params[conv.inputs[2].name].astype(np.float64)
+            if len(conv.inputs) > 2 and conv.inputs[2].name in mod.params else None)
+    if len(conv.inputs) > 2 and bias is None:
+        return False
+    dtype = x.type.dtype
+    w = mod.params[conv.inputs[1].name].astype(np.float64)
+    w = w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+    b = shift if bias is None else bias * scale + shift
+    conv.inputs = [conv.inputs[0],
+                   _new_param(mod, f"{conv.inputs[1].name}_bn", w.astype(dtype)),
+                   _new_param(mod, f"{bn.outputs[0].name}_bias", b.astype(dtype))]
+    g.replace_uses(bn.outputs[0], x)
+    return True
 
 
 def fold_batch_norm(mod: Module) -> Module:
@@ -46,22 +67,9 @@ def fold_batch_norm(mod: Module) -> Module:
             kept.append(node)
             continue
         scale, shift = ss
-        x = node.inputs[0]
-        conv = x.producer
-        dtype = x.type.dtype
-        if (conv is not None and conv.op == "conv" and len(users.get(x, [])) == 1
-                and x not in g.outputs and conv.inputs[1].name in mod.params):
-            w = mod.params[conv.inputs[1].name].astype(np.float64)
-            bias = (mod.params[conv.inputs[2].name].astype(np.float64)
-                    if len(conv.inputs) > 2 and conv.inputs[2].name in mod.params else None)
-            if len(conv.inputs) == 2 or bias is not None:
-                w = w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
-                b = shift if bias is None else bias * scale + shift
-                conv.inputs = [conv.inputs[0],
-                               _new_param(mod, f"{conv.inputs[1].name}_bn", w.astype(dtype)),
-                               _new_param(mod, f"{node.outputs[0].name}_bias", b.astype(dtype))]
-                g.replace_uses(node.outputs[0], x)
-                continue
+        if _fold_into_conv(mod, node, scale, shift, users):
+            continue
+        x, dtype = node.inputs[0], node.inputs[0].type.dtype
         channel_shape = (-1,) + (1,) * (x.type.rank - 2)
         out = node.outputs[0].name
         s = _new_param(mod, f"{out}_scale", scale.reshape(channel_shape).astype(dtype))
@@ -72,4 +80,19 @@ def fold_batch_norm(mod: Module) -> Module:
         node.op, node.inputs, node.attrs = "add", [mid, t], {}
         kept.extend([mul, node])
     g.nodes = kept
+    return mod
+
+
+def pretranspose_gemm_weights(mod: Module) -> Module:
+    """Store a gemm's constant 2-D B transposed when the node reads B^T, so that the kernel
+    reads rows of B fastest: a layout choice, made once here rather than by the frontend."""
+    for node in mod.graph.nodes:
+        if node.op != "gemm" or not node.attrs["trans_b"]:
+            continue
+        b = node.inputs[1]
+        weight = mod.params.get(b.name)
+        if weight is None or weight.ndim != 2:
+            continue
+        node.inputs[1] = _new_param(mod, f"{node.name or b.name}_weight_t", weight.T)
+        node.attrs["trans_b"] = False
     return mod

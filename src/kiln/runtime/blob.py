@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from blake3 import blake3
 
 from ..errors import FormatError
 from .manifest import check_manifest
@@ -45,8 +46,6 @@ MAX_MANIFEST = 256 << 20
 def digest(data) -> bytes:
     """BLAKE3-256: about 4 GB/s per core here, 5x hashlib's BLAKE2b, so verifying is cheap;
     large inputs are hashed on all cores (the digest does not depend on it)."""
-    from blake3 import blake3
-
     return blake3(data, max_threads=blake3.AUTO if len(data) >= 1 << 22 else 1).digest()
 
 
@@ -54,8 +53,6 @@ FIXED = 48  # header bytes [0, 48): magic, versions, sizes and offsets
 
 
 def _manifest_digest(header_fixed, manifest_area) -> bytes:
-    from blake3 import blake3
-
     h = blake3()
     h.update(header_fixed)
     h.update(manifest_area)
@@ -206,8 +203,6 @@ def weights_span(header: bytes) -> tuple[int, int] | None:
 
 def code_digest(buf, blob_offset: int, blob_size: int) -> bytes:
     """BLAKE3 of a library file's bytes outside its blob: the native code and ELF tables."""
-    from blake3 import blake3
-
     h = blake3()
     h.update(buf[:blob_offset])
     h.update(buf[blob_offset + blob_size:])

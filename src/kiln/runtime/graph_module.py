@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, KilnError
+from .params import load_params
 
 
 class GraphModule:
@@ -58,8 +59,6 @@ class GraphModule:
     def load_params(self, params: dict[str, Any] | str) -> None:
         """Set the weights of a model exported without them (a dict or a .safetensors path)."""
         if not isinstance(params, dict):
-            from .params import load_params
-
             params = load_params(params, model=self.executor.name)
         self.executor.load_params(params)
 

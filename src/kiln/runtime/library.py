@@ -26,10 +26,25 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError, KilnError, VerificationError
-from .blob import HEADER_SIZE, SECTION, Blob, code_digest, read_blob, weights_span
+from .blob import (
+    HEADER_SIZE,
+    SECTION,
+    SIGNATURE_OFFSET,
+    SIGNATURE_SIZE,
+    SIGNER_OFFSET,
+    Blob,
+    code_digest,
+    read_blob,
+    signed_message,
+    weights_span,
+)
 from .compat import check_compatible
 from .device import Device, device
 from .elf import Reader, read_elf_at
+from .executor import EXECUTORS
+from .files import atomic_write
+from .selftest import run_selftest
+from .signing import KeyLike, check_signature, fingerprint, load_private_key, raw_public
 from .source import CHUNK, FileSource, Source, default_max_size, open_source
 
 VERIFY_MODES = ("full", "header")
@@ -82,8 +97,6 @@ class Library:
             raise KilnError(f"no model named '{name}' in {self.path}; it holds {self.models}")
 
         def create(dev: Device | str) -> Any:
-            from .executor import EXECUTORS
-
             kind = self.manifest["models"][name].get("executor")
             if kind not in EXECUTORS:
                 raise FormatError(f"{self.path}: model '{name}' needs executor {kind!r}, which "
@@ -94,8 +107,6 @@ class Library:
 
     def selftest(self, **kwargs: Any) -> list[dict[str, Any]]:
         """Run the test vectors embedded at export; see kiln.runtime.selftest."""
-        from .selftest import run_selftest
-
         return run_selftest(self, **kwargs)
 
     def __repr__(self) -> str:
@@ -112,6 +123,7 @@ class CheckedFile:
     machine: str
     signer_id: str | None  # the trusted key that signed it, when keys were given
     file_size: int
+    blob_offset: int = 0  # where the blob starts in the library file
     packed_size: int | None = None  # size of the .zst it came from
     weights_in_place: bool = False  # weights are a mapping of the file (verify="header")
     weights_owner: Any = None  # the buffer or mapping blob.weights points into
@@ -181,13 +193,9 @@ def _check_image(fd: int, size: int, layout: _Layout, weights: memoryview,
     blob = read_blob(view[start:end], where, verify_weights=False, weights=weights)
     signer_id = None
     if trusted_keys is not None:
-        from .signing import check_signature
-
         signer_id = check_signature(blob.header, blob.signer, blob.signature, trusted_keys,
                                     where)
     elif full and blob.signed:  # integrity only: the key is the file's own
-        from .signing import check_signature
-
         try:
             check_signature(blob.header, blob.signer, blob.signature, [blob.signer], where)
         except VerificationError:
@@ -233,7 +241,8 @@ def inspect_file(source: str | os.PathLike | bytes | bytearray | memoryview, *,
         if isinstance(source_, FileSource):
             os.close(source_.fd)
     return CheckedFile(source_.where, fd, blob, machine, signer_id, source_.size,
-                       source_.packed, isinstance(source_, FileSource) and not full, owner)
+                       layout.blob_offset, source_.packed,
+                       isinstance(source_, FileSource) and not full, owner)
 
 
 def _guard_weights(checked: CheckedFile, native: ctypes.CDLL) -> tuple[Any, int] | None:
@@ -282,3 +291,31 @@ def load_module(source: str | os.PathLike | bytes | bytearray | memoryview, *,
                                   f"{e}") from None
             _LOADED[checked.blob.code_digest] = native
     return Library(checked.where, checked, native)
+
+
+def sign(path: str | os.PathLike, key: KeyLike) -> str:
+    """Sign a library in place (atomically); returns the signer's key fingerprint. What is
+    signed is the bytes that were read and checked."""
+    try:
+        with open(path, "rb") as f:
+            data = bytearray(f.read())
+    except OSError as e:
+        raise FormatError(f"cannot read {path}: {e.strerror or e}") from None
+    private = load_private_key(key)
+    checked = inspect_file(bytes(data), compat=False, name=os.fspath(path))
+    checked.release()
+    base, public = checked.blob_offset, raw_public(private.public_key())
+    data[base + SIGNER_OFFSET:base + SIGNER_OFFSET + 32] = public
+    signature = private.sign(signed_message(bytes(data[base:base + HEADER_SIZE])))
+    data[base + SIGNATURE_OFFSET:base + SIGNATURE_OFFSET + SIGNATURE_SIZE] = signature
+    atomic_write(path, bytes(data))
+    return fingerprint(public)
+
+
+def verify(path: str | os.PathLike, trusted_keys: Iterable[KeyLike] | KeyLike) -> str:
+    """Check a library's signature and every digest without loading its code; returns key id."""
+    if not isinstance(trusted_keys, (list, tuple, set)):
+        trusted_keys = [trusted_keys]
+    checked = inspect_file(path, trusted_keys=trusted_keys)
+    checked.release()
+    return checked.signer_id

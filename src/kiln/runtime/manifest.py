@@ -23,13 +23,12 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import FormatError
+from .executor import EXECUTORS
 
 # The dtypes kiln compiles and their sizes: kiln.ir.types.DTYPE_SHORT's keys (a test keeps
 # them equal; the runtime imports nothing of the compiler).
 DTYPES = {"float16": 2, "float32": 4, "float64": 8, "int8": 1, "int16": 2, "int32": 4,
           "int64": 8, "uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8, "bool": 1}
-# executor.EXECUTORS' keys (a test keeps them equal).
-EXECUTOR_KINDS = ("graph", "aot")
 MAX_INT = (1 << 63) - 1  # every size, offset and dim fits an int64
 _HEX32 = re.compile(r"[0-9a-f]{64}\Z")
 _SHOW = reprlib.Repr()  # a bounded repr of what was found, however large
@@ -214,13 +213,12 @@ _KERNEL = _record("a kernel {func, label, node, shapes, args}",
 _BUFFER = _record("a buffer {tensor, offset, size, first, last}",
                   {"tensor": _STR, "offset": _SIZE, "size": _SIZE, "first": _int(-1),
                    "last": _int(-1)})
-_MEMORY = _record("a memory plan {peak_bytes, unplanned_bytes, buffers}",
-                  {"peak_bytes": _SIZE, "unplanned_bytes": _SIZE,
-                   "buffers": _list_of(_BUFFER, "buffers")})
+_MEMORY = _record("a memory plan {unplanned_bytes, buffers}",
+                  {"unplanned_bytes": _SIZE, "buffers": _list_of(_BUFFER, "buffers")})
 _SOURCE = _record("a source {format, opset, ir_version, producer, blake3}", {},
                   {"format": _STR, "opset": _STR, "ir_version": _STR, "producer": _STR,
                    "blake3": _match(_HEX32, "a BLAKE3 hex digest")})
-_BUILD = _record("a build {executor, passes}", {}, {"executor": _STR, "passes": _strings})
+_BUILD = _record("a build {passes}", {}, {"passes": _strings})
 _ARRAY = {"weight": _INDEX, "shape": _shape, "dtype": _DTYPE}
 _VECTOR = _record("a self-test vector {inputs, outputs, rtol, atol}",
                   {"inputs": _table_of(_record("an array {weight, shape, dtype}", _ARRAY),
@@ -229,7 +227,7 @@ _VECTOR = _record("a self-test vector {inputs, outputs, rtol, atol}",
                                                {"name": _STR, **_ARRAY}), "arrays"),
                    "rtol": _tolerance, "atol": _tolerance})
 _MODEL = _record("a model entry (a JSON object)",
-                 {"executor": _one_of(EXECUTOR_KINDS, "an executor kind"),
+                 {"executor": _one_of(tuple(EXECUTORS), "an executor kind"),
                   "inputs": _list_of(_TENSOR, "tensors"),
                   "outputs": _list_of(_TENSOR, "tensors"),
                   "params": _list_of(_PARAM, "params"), "arena_bytes": _SIZE,

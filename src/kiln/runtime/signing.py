@@ -1,4 +1,5 @@
-"""Ed25519 signatures that travel inside the library: sign in place, verify before loading.
+"""Ed25519 keys and the signature of a library's blob header (signing and verifying a
+library file, which needs the loader's checks, are library.sign and library.verify).
 
 The signature covers the blob header, which holds the digests of the manifest, the weights
 and the native code (everything outside the blob), so one signature covers every byte of
@@ -13,16 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..errors import FormatError, KilnError, VerificationError
-from .blob import (
-    HEADER_SIZE,
-    SECTION,
-    SIGNATURE_OFFSET,
-    SIGNATURE_SIZE,
-    SIGNER_OFFSET,
-    signed_message,
-)
-from .elf import read_elf
+from ..errors import KilnError, VerificationError
+from .blob import signed_message
 from .files import atomic_write
 
 KeyLike = Any  # an Ed25519 key object, a PEM path, or PEM bytes
@@ -104,34 +97,6 @@ def keygen(private_path: str | os.PathLike, public_path: str | os.PathLike) -> s
     return fingerprint(raw_public(key.public_key()))
 
 
-def _blob_offset(data: bytes, where: str) -> int:
-    section = read_elf(memoryview(data), where).sections.get(SECTION)
-    if section is None or section.size < HEADER_SIZE:
-        raise FormatError(f"{where} is not a kiln library (no {SECTION} section)")
-    return section.offset
-
-
-def sign(path: str | os.PathLike, key: KeyLike) -> str:
-    """Sign a library in place (atomically); returns the signer's key fingerprint."""
-    from .library import inspect_file
-
-    path = Path(path)
-    private = load_private_key(key)
-    try:
-        original = path.read_bytes()
-    except OSError as e:
-        raise FormatError(f"cannot read {path}: {e.strerror or e}") from None
-    inspect_file(original, compat=False, name=str(path)).release()  # sign only what was checked
-    data = bytearray(original)
-    base = _blob_offset(original, str(path))
-    public = raw_public(private.public_key())
-    data[base + SIGNER_OFFSET:base + SIGNER_OFFSET + 32] = public
-    signature = private.sign(signed_message(bytes(data[base:base + HEADER_SIZE])))
-    data[base + SIGNATURE_OFFSET:base + SIGNATURE_OFFSET + SIGNATURE_SIZE] = signature
-    atomic_write(path, bytes(data))
-    return fingerprint(public)
-
-
 def check_signature(header: bytes, signer: bytes, signature: bytes,
                     trusted_keys: Iterable[KeyLike], where: str) -> str:
     """Raise VerificationError unless header is signed by one of trusted_keys; return its id."""
@@ -159,14 +124,3 @@ def signature_status(signer: bytes, signature: bytes) -> str:
     if not any(signature):
         return "unsigned"
     return f"signed by {fingerprint(signer)} (signature valid; trust depends on the key)"
-
-
-def verify(path: str | os.PathLike, trusted_keys: Iterable[KeyLike] | KeyLike) -> str:
-    """Check a library's signature and every digest without loading its code; returns key id."""
-    from .library import inspect_file
-
-    if not isinstance(trusted_keys, (list, tuple, set)):
-        trusted_keys = [trusted_keys]
-    checked = inspect_file(path, trusted_keys=trusted_keys)
-    checked.release()
-    return checked.signer_id

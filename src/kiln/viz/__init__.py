@@ -30,7 +30,7 @@ def _facts(spec: dict, regions: list[dict]) -> str:
     """The model's header: executor, inputs/outputs, kernels, weights, memory."""
     params, kernels = spec.get("params", []), spec["kernels"]
     memory = spec.get("memory", {})
-    peak, unplanned = int(memory.get("peak_bytes", 0)), int(memory.get("unplanned_bytes", 0))
+    peak, unplanned = int(spec.get("arena_bytes", 0)), int(memory.get("unplanned_bytes", 0))
     saved = f" ({100 * (1 - peak / unplanned):.0f}% less)" if unplanned else ""
     apart = " (supplied at run time)" if any(p.get("weight") is None for p in params) else ""
     weight_bytes = sum(param_bytes(p, regions) for p in params)

@@ -147,7 +147,7 @@ def memory_svg(spec: dict, links: Links) -> str:
     """The plan as a timeline: one rect per buffer, [first, last] x [offset, offset+size]."""
     memory, n = spec.get("memory", {}), len(spec["kernels"])
     buffers = memory.get("buffers", [])
-    top = max([int(memory.get("peak_bytes", 0))] +
+    top = max([int(spec.get("arena_bytes", 0))] +
               [int(b["offset"]) + int(b["size"]) for b in buffers]) or 1
     plot_w, plot_h = MEM_W - MEM_LEFT - MEM_RIGHT, MEM_H - MEM_BOTTOM - MEM_TOP
 

@@ -13,6 +13,7 @@ local arrays are declared inside the split loops, so each thread has its own.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 
 from .loops import ROW_TILE, Plane, flat_index, indent, loop, nest, out_index
 from .registry import (
@@ -46,103 +47,157 @@ def _ceil_div(a: str, b: int) -> str:
     return f"(({a}) > 0 ? (({a}) + {b - 1}) / {b} : -((-({a})) / {b}))"
 
 
-def _conv_geometry(ctx: KernelContext, transposed: bool) -> dict:
-    """Shapes and window attrs as plain ints; a pointwise conv becomes one long 1-D row."""
-    x, w, y = ctx.in_types[0].shape, ctx.in_types[1].shape, ctx.out_types[0].shape
-    nd = len(x) - 2
-    a = ctx.attrs
-    geo = {"I": list(x[2:]), "K": list(w[2:]), "O": list(y[2:]), "s": list(a["strides"]),
-           "d": list(a["dilations"]), "pb": list(a["pads"][:nd]), "N": x[0], "C": x[1],
-           "M": y[1], "G": a["group"]}
-    pointwise = all(k == 1 for k in geo["K"]) and all(s == 1 for s in geo["s"]) \
-        and all(p == 0 for p in a["pads"])
-    if pointwise and nd > 1 and not transposed:
-        size = math.prod(geo["I"])
-        geo.update(I=[size], K=[1], O=[size], s=[1], d=[1], pb=[0])
-    return geo
+@dataclass(frozen=True)
+class ConvGeometry:
+    """A conv's shapes and window as plain ints, computed once from the node's types and attrs
+    (for conv_transpose, in_size is the input's and out_size the output's, as for conv)."""
+
+    batch: int
+    in_channels: int
+    out_channels: int
+    group: int
+    in_size: tuple[int, ...]  # the input's spatial shape
+    kernel: tuple[int, ...]  # the weight's spatial shape
+    out_size: tuple[int, ...]  # the output's spatial shape
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    pad_begins: tuple[int, ...]
+    pad_ends: tuple[int, ...]
+
+    @classmethod
+    def of(cls, ctx: KernelContext) -> ConvGeometry:
+        x, w, y = ctx.in_types[0].shape, ctx.in_types[1].shape, ctx.out_types[0].shape
+        a, nd = ctx.attrs, len(x) - 2
+        return cls(x[0], x[1], y[1], a["group"], tuple(x[2:]), tuple(w[2:]), tuple(y[2:]),
+                   tuple(a["strides"]), tuple(a["dilations"]), tuple(a["pads"][:nd]),
+                   tuple(a["pads"][nd:]))
+
+    @property
+    def rank(self) -> int:
+        """Number of spatial dims."""
+        return len(self.in_size)
+
+    @property
+    def in_per_group(self) -> int:
+        return self.in_channels // self.group
+
+    @property
+    def out_per_group(self) -> int:
+        return self.out_channels // self.group
+
+    def as_row(self) -> ConvGeometry:
+        """A pointwise conv (1x1 kernel, stride 1, no padding) seen as one long 1-D row, so
+        the row kernel's tile spans whole planes; any other conv unchanged."""
+        pointwise = all(k == 1 for k in self.kernel) and all(s == 1 for s in self.strides) \
+            and not any(self.pad_begins + self.pad_ends)
+        if not pointwise or self.rank < 2:
+            return self
+        size = math.prod(self.in_size)
+        return replace(self, in_size=(size,), kernel=(1,), out_size=(size,), strides=(1,),
+                       dilations=(1,), pad_begins=(0,), pad_ends=(0,))
 
 
 def _channel_block(per_group: int) -> int:
     return next(b for b in CHANNEL_BLOCKS if per_group % b == 0)
 
 
-def _row_kernel(ctx: KernelContext, transposed: bool) -> str:
-    """conv / conv_transpose, a row tile at a time: the weight tap sits in a register and
-    the contiguous output row is innermost; the taps differ (gather vs scatter)."""
-    g = _conv_geometry(ctx, transposed)
-    t = ctx.t(0)
-    I, K, O = g["I"], g["K"], g["O"]  # noqa: E741
-    nd = len(I)
-    cg, mg = g["C"] // g["G"], g["M"] // g["G"]
-    mb = _channel_block(mg)
-    tile = min(ROW_TILE, O[-1])
-    i_size, k_size, o_size = math.prod(I), math.prod(K), math.prod(O)
-    outer = [(f"o{j}", O[j]) for j in range(nd - 1)]
-    # The weight of tap kk for block channel j, and the channel's first weight.
+def _weight_layout(g: ConvGeometry, transposed: bool) -> tuple[str, int]:
+    """C: the offset of the first weight of channel c for block m0, and the step between the
+    weights of consecutive block channels."""
+    k_size = math.prod(g.kernel)
+    cg, mg = g.in_per_group, g.out_per_group
     if transposed:  # w: (C, M/group, *K)
-        w_base = f"((g * {cg} + c) * {mg} + m0) * {k_size}"
-        w_step = k_size
-    else:  # w: (M, C/group, *K)
-        w_base = f"((g * {mg} + m0) * {cg} + c) * {k_size}"
-        w_step = cg * k_size
+        return f"((g * {cg} + c) * {mg} + m0) * {k_size}", k_size
+    return f"((g * {mg} + m0) * {cg} + c) * {k_size}", cg * k_size  # w: (M, C/group, *K)
 
-    # Inner: the taps of the last kernel dim over the current row tile.
-    sl, dl, pl = g["s"][-1], g["d"][-1], g["pb"][-1]
+
+def _last_dim_taps(t: str, g: ConvGeometry, mb: int, w_step: int, transposed: bool) -> str:
+    """C: the taps of the last kernel dim over the row tile t0 .. t0 + tn: each weight in a
+    register, the contiguous row innermost (gather for conv, scatter for conv_transpose)."""
+    sl, dl, pl, il = g.strides[-1], g.dilations[-1], g.pad_begins[-1], g.in_size[-1]
     weights = "\n".join(f"const {t} w{j} = wr[kl + {j * w_step}];" for j in range(mb))
     if transposed:  # output ol = il * s + off
         bounds = (f"int64_t lo = {_ceil_div('t0 - off', sl)};\nif (lo < 0) lo = 0;\n"
                   f"int64_t hi = {_ceil_div('t0 + tn - off', sl)};\n"
-                  f"if (hi > {I[-1]}) hi = {I[-1]};")
+                  f"if (hi > {il}) hi = {il};")
         update = "\n".join(f"acc[{j}][il * {sl} + off - t0] += w{j} * xv;" for j in range(mb))
         inner = loop("il", "hi", f"const {t} xv = xr[il];\n{update}", start="lo")
     else:  # input il = ol * s + off
         bounds = (f"int64_t lo = off >= 0 ? 0 : {_ceil_div('-off', sl)};\n"
                   f"if (lo < t0) lo = t0;\n"
-                  f"int64_t hi = {I[-1]} - off <= 0 ? 0 : {_ceil_div(f'{I[-1]} - off', sl)};\n"
+                  f"int64_t hi = {il} - off <= 0 ? 0 : {_ceil_div(f'{il} - off', sl)};\n"
                   f"if (hi > t0 + tn) hi = t0 + tn;")
         update = "\n".join(f"acc[{j}][ol - t0] += w{j} * xv;" for j in range(mb))
         inner = loop("ol", "hi", f"const {t} xv = xr[ol * {sl} + off];\n{update}", start="lo")
-    taps = loop("kl", K[-1], f"const int64_t off = kl * {dl} - {pl};\n{bounds}\n"
-                             f"{weights}\n{inner}")
+    return loop("kl", g.kernel[-1], f"const int64_t off = kl * {dl} - {pl};\n{bounds}\n"
+                                    f"{weights}\n{inner}")
 
-    # Outer kernel dims: skip taps whose input row is outside (or, transposed, off-stride).
+
+def _outer_dim_taps(t: str, g: ConvGeometry, taps: str, transposed: bool) -> str:
+    """C: loops over the outer kernel dims around taps, skipping taps whose input row is
+    outside (or, transposed, off-stride); xr and wr point at the row and tap they reach."""
+    nd, size, kernel = g.rank, g.in_size, g.kernel
     body = (f"const {t}* restrict xr = xc + "
-            f"({flat_index([f'i{j}' for j in range(nd - 1)], I[:-1])}) * {I[-1]};\n"
+            f"({flat_index([f'i{j}' for j in range(nd - 1)], size[:-1])}) * {size[-1]};\n"
             f"const {t}* restrict wr = wc + "
-            f"({flat_index([f'k{j}' for j in range(nd - 1)], K[:-1])}) * {K[-1]};\n{taps}")
+            f"({flat_index([f'k{j}' for j in range(nd - 1)], kernel[:-1])}) * {kernel[-1]};\n"
+            f"{taps}")
     for j in reversed(range(nd - 1)):
-        s, d, p = g["s"][j], g["d"][j], g["pb"][j]
+        s, d, p = g.strides[j], g.dilations[j], g.pad_begins[j]
         if transposed:
             check = f"const int64_t q{j} = o{j} + {p} - k{j} * {d};\n"
             check += f"if (q{j} < 0 || q{j} % {s} != 0) continue;\n" if s > 1 else \
                 f"if (q{j} < 0) continue;\n"
-            check += f"const int64_t i{j} = q{j} / {s};\nif (i{j} >= {I[j]}) continue;"
+            check += f"const int64_t i{j} = q{j} / {s};\nif (i{j} >= {size[j]}) continue;"
         else:
             check = (f"const int64_t i{j} = o{j} * {s} + k{j} * {d} - {p};\n"
-                     f"if (i{j} < 0 || i{j} >= {I[j]}) continue;")
-        body = loop(f"k{j}", K[j], f"{check}\n{body}")
-    channel = (f"const {t}* restrict xc = {ctx.ins[0]} + (n * {g['C']} + g * {cg} + c) * "
-               f"{i_size};\nconst {t}* restrict wc = {ctx.ins[1]} + {w_base};\n{body}")
+                     f"if (i{j} < 0 || i{j} >= {size[j]}) continue;")
+        body = loop(f"k{j}", kernel[j], f"{check}\n{body}")
+    return body
 
+
+def _row_tile(ctx: KernelContext, g: ConvGeometry, mb: int, tile: int, channel: str) -> str:
+    """C: one row tile of mb output channels: acc = bias, add each input channel's taps
+    (channel), then store each element once."""
+    t, mg, out = ctx.t(0), g.out_per_group, g.out_size
     bias = lit(0, ctx.in_types[0].dtype)
     if len(ctx.ins) == 3:
         bias = f"{ctx.ins[2]}[g * {mg} + m0 + j]"
-    o_flat = flat_index([v for v, _ in outer], O[:-1])
-    store = ctx.store(f"(n * {g['M']} + g * {mg} + m0 + j) * {o_size} + ({o_flat}) * {O[-1]}"
-                      " + t0 + ol", "acc[j][ol]")
-    row = (f"const int64_t tn = {O[-1]} - t0 < {tile} ? {O[-1]} - t0 : {tile};\n"
-           f"{t} acc[{mb}][{tile}] {ALIGNED};\n"
-           + nest([("j", mb)], loop("ol", "tn", f"acc[j][ol] = {bias};")) + "\n"
-           + loop("c", cg, channel) + "\n"
-           + nest([("j", mb)], loop("ol", "tn", store)))
-    tiles = f"for (int64_t t0 = 0; t0 < {O[-1]}; t0 += {tile}) {{\n{indent(row)}\n}}"
+    o_flat = flat_index([f"o{j}" for j in range(g.rank - 1)], out[:-1])
+    store = ctx.store(f"(n * {g.out_channels} + g * {mg} + m0 + j) * {math.prod(out)} + "
+                      f"({o_flat}) * {out[-1]} + t0 + ol", "acc[j][ol]")
+    return (f"const int64_t tn = {out[-1]} - t0 < {tile} ? {out[-1]} - t0 : {tile};\n"
+            f"{t} acc[{mb}][{tile}] {ALIGNED};\n"
+            + nest([("j", mb)], loop("ol", "tn", f"acc[j][ol] = {bias};")) + "\n"
+            + loop("c", g.in_per_group, channel) + "\n"
+            + nest([("j", mb)], loop("ol", "tn", store)))
+
+
+def _row_kernel(ctx: KernelContext, transposed: bool) -> str:
+    """conv / conv_transpose, a row tile at a time: the weight tap sits in a register and
+    the contiguous output row is innermost; the taps differ (gather vs scatter)."""
+    g = ConvGeometry.of(ctx)
+    if not transposed:
+        g = g.as_row()
+    t, out, mg = ctx.t(0), g.out_size, g.out_per_group
+    mb = _channel_block(mg)
+    tile = min(ROW_TILE, out[-1])
+    w_base, w_step = _weight_layout(g, transposed)
+    taps = _outer_dim_taps(t, g, _last_dim_taps(t, g, mb, w_step, transposed), transposed)
+    channel = (f"const {t}* restrict xc = {ctx.ins[0]} + (n * {g.in_channels} + g * "
+               f"{g.in_per_group} + c) * {math.prod(g.in_size)};\n"
+               f"const {t}* restrict wc = {ctx.ins[1]} + {w_base};\n{taps}")
+    row = _row_tile(ctx, g, mb, tile, channel)
+    tiles = f"for (int64_t t0 = 0; t0 < {out[-1]}; t0 += {tile}) {{\n{indent(row)}\n}}"
+    outer = [(f"o{j}", out[j]) for j in range(g.rank - 1)]
     blocks = f"for (int64_t m0 = 0; m0 < {mg}; m0 += {mb}) {{\n" \
              f"{indent(nest(outer, tiles))}\n}}"
     # Every loop down to the row tiles is split among the threads: all write apart.
-    work = g["N"] * g["G"] * mg * cg * k_size * (i_size if transposed else o_size)
-    trips = g["N"] * g["G"] * mg // mb * math.prod(O[:-1]) * -(-O[-1] // tile)
-    return parallel_for(work, trips, collapse=nd + 3) \
-        + nest([("n", g["N"]), ("g", g["G"])], blocks)
+    positions = math.prod(g.in_size if transposed else out)
+    work = g.batch * g.group * mg * g.in_per_group * math.prod(g.kernel) * positions
+    trips = g.batch * g.group * mg // mb * math.prod(out[:-1]) * -(-out[-1] // tile)
+    return parallel_for(work, trips, collapse=g.rank + 3) \
+        + nest([("n", g.batch), ("g", g.group)], blocks)
 
 
 def _gemm_tiles(mg: int, r: int, positions: int, itemsize: int, images: int,
@@ -160,14 +215,15 @@ def _gemm_tiles(mg: int, r: int, positions: int, itemsize: int, images: int,
     return p, max(1, min(r, rc - rc % 4))
 
 
-def _tile_loops(x: tuple[int, ...], group: int, positions: int, tile: int, body: str,
-                work: int, mg: int) -> str:
+def _tile_loops(g: ConvGeometry, positions: int, tile: int, body: str, work: int) -> str:
     """im2col conv: loops over (image, group, position tile) around body, which computes the
     output channels m0 .. m0 + mn of a tile; threads split them. With fewer tiles than threads,
     each tile's channels are cut in as many parts as the run-time thread count asks for (each
     part fills the im2col tile on its own), so one thread still runs whole groups."""
-    tiles = x[0] * group * -(-positions // tile)
-    loops = (f"for (int64_t n = 0; n < {x[0]}; ++n)\nfor (int64_t g = 0; g < {group}; ++g)\n"
+    mg = g.out_per_group
+    tiles = g.batch * g.group * -(-positions // tile)
+    loops = (f"for (int64_t n = 0; n < {g.batch}; ++n)\n"
+             f"for (int64_t g = 0; g < {g.group}; ++g)\n"
              f"for (int64_t p0 = 0; p0 < {positions}; p0 += {tile})")
     max_parts = mg // PART_MIN_CHANNELS
     if max_parts < 2 or work < PART_MIN_WORK:
@@ -182,6 +238,52 @@ def _tile_loops(x: tuple[int, ...], group: int, positions: int, tile: int, body:
             f"#pragma omp for schedule(static) collapse(4)\n{loops}\n{part}\n}}")
 
 
+def _im2col_windows(g: ConvGeometry, tile: int) -> str:
+    """C: ib<j>[p], the first input coordinate along dim j of the window of output position
+    p0 + p (far outside for positions past the end, so they read only padding)."""
+    nd, out, positions = g.rank, g.out_size, math.prod(g.out_size)
+    o_st = strides(out)
+    starts = "\n".join(f"ib{j}[p] = ((o / {o_st[j]}) % {out[j]}) * {g.strides[j]} - "
+                        f"{g.pad_begins[j]};" for j in range(nd))
+    past_end = "ib0[p] = -(INT64_C(1) << 40);" + "".join(f" ib{j}[p] = 0;" for j in range(1, nd))
+    return ("".join(f"int64_t ib{j}[{tile}];\n" for j in range(nd))
+            + loop("p", tile, f"const int64_t o = p0 + p;\nif (o < {positions}) {{\n"
+                   f"{indent(starts)}\n}} else {{\n    {past_end}\n}}"))
+
+
+def _im2col_fill(ctx: KernelContext, g: ConvGeometry, tile: int) -> str:
+    """C: col[rr][p] = the input value that reduction row r0 + rr (channel c, kernel tap kf)
+    meets at output position p0 + p, 0 in the padding."""
+    nd, size, kernel = g.rank, g.in_size, g.kernel
+    k_size, k_st = math.prod(kernel), strides(kernel)
+    taps = "\n".join(f"const int64_t k{j} = (kf / {k_st[j]}) % {kernel[j]} * {g.dilations[j]};"
+                      for j in range(nd))
+    coords = "\n".join(f"const int64_t i{j} = ib{j}[p] + k{j};" for j in range(nd))
+    inside = " && ".join(f"i{j} >= 0 && i{j} < {size[j]}" for j in range(nd))
+    plane = f"(n * {g.in_channels} + g * {g.in_per_group} + c) * {math.prod(size)}"
+    return loop("rr", "rn", (
+        f"const int64_t r = r0 + rr, c = r / {k_size}, kf = r % {k_size};\n{taps}\n"
+        f"const {ctx.t(0)}* restrict xc = {ctx.ins[0]} + {plane};\n"
+        + loop("p", tile, f"{coords}\ncol[rr][p] = ({inside}) ? "
+                          f"xc[{flat_index([f'i{j}' for j in range(nd)], size)}] : 0;")))
+
+
+def _im2col_product(ctx: KernelContext, g: ConvGeometry, tile: int, r_size: int) -> str:
+    """C: acc[m][p] += w[m, r0 + rr] * col[rr][p] for the part's channels, rr unrolled by 4."""
+    t = ctx.t(0)
+    sum4 = " + ".join(f"w{q} * col[rr + {q}][p]" for q in range(4))
+    return loop("m", "mn", (
+        f"const {t}* restrict wm = {ctx.ins[1]} + (g * {g.out_per_group} + m0 + m) * {r_size}"
+        " + r0;\n"
+        "int64_t rr = 0;\n"
+        "for (; rr + 4 <= rn; rr += 4) {\n"
+        + indent("".join(f"const {t} w{q} = wm[rr + {q}];\n" for q in range(4))
+                 + loop("p", tile, f"acc[m][p] += {sum4};")) + "\n}\n"
+        "for (; rr < rn; ++rr) {\n"
+        + indent(f"const {t} w0 = wm[rr];\n" + loop("p", tile, "acc[m][p] += w0 * col[rr][p];"))
+        + "\n}"))
+
+
 def _im2col_conv(ctx: KernelContext) -> str:
     """conv as tiles of a matrix product: out[m, p] += w[m, r] * col[r, p] (col = im2col).
 
@@ -190,83 +292,54 @@ def _im2col_conv(ctx: KernelContext) -> str:
     its part, see _tile_loops) then takes the chunk with r unrolled by 4 and a fixed-length
     p loop, which gcc vectorizes.
     """
-    x, w, y = ctx.in_types[0].shape, ctx.in_types[1].shape, ctx.out_types[0].shape
-    a, t = ctx.attrs, ctx.t(0)
-    nd, group = len(x) - 2, a["group"]
-    I, K, O = x[2:], w[2:], y[2:]  # noqa: E741
-    cg, mg = x[1] // group, y[1] // group
-    k_size, positions = math.prod(K), math.prod(O)
-    r_size = cg * k_size
-    work = x[0] * y[1] * positions * r_size
+    g, t = ConvGeometry.of(ctx), ctx.t(0)
+    mg, positions = g.out_per_group, math.prod(g.out_size)
+    r_size = g.in_per_group * math.prod(g.kernel)
+    work = g.batch * g.out_channels * positions * r_size
     tile, chunk = _gemm_tiles(mg, r_size, positions, ctx.in_types[0].itemsize,
-                              x[0] * group, work)
-    o_st, k_st = strides(O), strides(K)
-
-    starts = "\n".join(f"ib{j}[p] = ((o / {o_st[j]}) % {O[j]}) * {a['strides'][j]} - "
-                        f"{a['pads'][j]};" for j in range(nd))
-    past_end = "ib0[p] = -(INT64_C(1) << 40);" + "".join(f" ib{j}[p] = 0;" for j in range(1, nd))
-    windows = ("".join(f"int64_t ib{j}[{tile}];\n" for j in range(nd))
-               + loop("p", tile, f"const int64_t o = p0 + p;\nif (o < {positions}) {{\n"
-                      f"{indent(starts)}\n}} else {{\n    {past_end}\n}}"))
-    taps = "\n".join(f"const int64_t k{j} = (kf / {k_st[j]}) % {K[j]} * {a['dilations'][j]};"
-                      for j in range(nd))
-    coords = "\n".join(f"const int64_t i{j} = ib{j}[p] + k{j};" for j in range(nd))
-    inside = " && ".join(f"i{j} >= 0 && i{j} < {I[j]}" for j in range(nd))
-    fill = loop("rr", "rn", (
-        f"const int64_t r = r0 + rr, c = r / {k_size}, kf = r % {k_size};\n{taps}\n"
-        f"const {t}* restrict xc = {ctx.ins[0]} + (n * {x[1]} + g * {cg} + c) * {math.prod(I)};\n"
-        + loop("p", tile, f"{coords}\ncol[rr][p] = ({inside}) ? "
-                          f"xc[{flat_index([f'i{j}' for j in range(nd)], I)}] : 0;")))
-    sum4 = " + ".join(f"w{q} * col[rr + {q}][p]" for q in range(4))
-    product = loop("m", "mn", (
-        f"const {t}* restrict wm = {ctx.ins[1]} + (g * {mg} + m0 + m) * {r_size} + r0;\n"
-        "int64_t rr = 0;\n"
-        "for (; rr + 4 <= rn; rr += 4) {\n"
-        + indent("".join(f"const {t} w{q} = wm[rr + {q}];\n" for q in range(4))
-                 + loop("p", tile, f"acc[m][p] += {sum4};")) + "\n}\n"
-        "for (; rr < rn; ++rr) {\n"
-        + indent(f"const {t} w0 = wm[rr];\n" + loop("p", tile, "acc[m][p] += w0 * col[rr][p];"))
-        + "\n}"))
+                              g.batch * g.group, work)
     bias = f"{ctx.ins[2]}[g * {mg} + m0 + m]" if len(ctx.ins) == 3 \
         else lit(0, ctx.in_types[0].dtype)
-    store = ctx.store(f"(n * {y[1]} + g * {mg} + m0 + m) * {positions} + p0 + p", "acc[m][p]")
+    store = ctx.store(f"(n * {g.out_channels} + g * {mg} + m0 + m) * {positions} + p0 + p",
+                      "acc[m][p]")
+    chunk_body = (f"const int64_t rn = {r_size} - r0 < {chunk} ? {r_size} - r0 : {chunk};\n"
+                  f"{t} col[{chunk}][{tile}] {ALIGNED};\n{_im2col_fill(ctx, g, tile)}\n"
+                  f"{_im2col_product(ctx, g, tile, r_size)}")
     body = (f"const int64_t pn = {positions} - p0 < {tile} ? {positions} - p0 : {tile};\n"
-            f"{windows}\n{t} acc[{mg}][{tile}] {ALIGNED};\n"
+            f"{_im2col_windows(g, tile)}\n{t} acc[{mg}][{tile}] {ALIGNED};\n"
             + nest([("m", "mn"), ("p", tile)], f"acc[m][p] = {bias};") + "\n"
             f"for (int64_t r0 = 0; r0 < {r_size}; r0 += {chunk}) {{\n"
-            + indent(f"const int64_t rn = {r_size} - r0 < {chunk} ? {r_size} - r0 : {chunk};\n"
-                     f"{t} col[{chunk}][{tile}] {ALIGNED};\n{fill}\n{product}") + "\n}\n"
+            + indent(chunk_body) + "\n}\n"
             + loop("m", "mn", loop("p", "pn", store)))
-    return _tile_loops(x, group, positions, tile, body, work, mg)
+    return _tile_loops(g, positions, tile, body, work)
 
 
-def _depthwise_conv(ctx: KernelContext, plane: Plane) -> str:
+def _depthwise_conv(ctx: KernelContext, g: ConvGeometry, plane: Plane) -> str:
     """conv with one input channel per group, over its zero-padded local copy."""
-    x, w, y = ctx.in_types[0].shape, ctx.in_types[1].shape, ctx.out_types[0].shape
-    t, group = ctx.t(0), ctx.attrs["group"]
-    mg = y[1] // group
+    t, mg, zero = ctx.t(0), g.out_per_group, lit(0, ctx.in_types[0].dtype)
     tap = (f"const {t} wv = wc[kidx];\n"
-           + loop("ol", y[-1], "acc[ol] += wv * xr[ol];"))
-    bias = f"{ctx.ins[2]}[g * {mg} + m]" if len(ctx.ins) == 3 else lit(0, ctx.in_types[0].dtype)
-    store = ctx.store(out_index(ctx, f"n * {y[1]} + g * {mg} + m"), "acc[ol]")
-    channel = (f"const {t}* restrict xc = {ctx.ins[0]} + (n * {x[1]} + g) * {math.prod(x[2:])};\n"
-               + plane.fill(lit(0, ctx.in_types[0].dtype)) + "\n"
-               + loop("m", mg, f"const {t}* restrict wc = {ctx.ins[1]} + (g * {mg} + m) * "
-                               f"{math.prod(w[2:])};\n"
-                      + plane.rows(ctx, w[2:], bias, tap, store)))
-    work = y[0] * y[1] * math.prod(y[2:]) * math.prod(w[2:]) + x[0] * group * plane.size
-    return parallel_for(work, x[0] * group, collapse=2) \
-        + nest([("n", x[0]), ("g", group)], plane.declare(t) + "\n" + channel)
+           + loop("ol", g.out_size[-1], "acc[ol] += wv * xr[ol];"))
+    bias = f"{ctx.ins[2]}[g * {mg} + m]" if len(ctx.ins) == 3 else zero
+    store = ctx.store(out_index(ctx, f"n * {g.out_channels} + g * {mg} + m"), "acc[ol]")
+    weights = f"const {t}* restrict wc = {ctx.ins[1]} + (g * {mg} + m) * {math.prod(g.kernel)};\n"
+    channel = (f"const {t}* restrict xc = {ctx.ins[0]} + (n * {g.in_channels} + g) * "
+               f"{math.prod(g.in_size)};\n"
+               + plane.fill(zero) + "\n"
+               + loop("m", mg, weights + plane.rows(ctx, g.kernel, bias, tap, store)))
+    work = (g.batch * g.out_channels * math.prod(g.out_size) * math.prod(g.kernel)
+            + g.batch * g.group * plane.size)
+    return parallel_for(work, g.batch * g.group, collapse=2) \
+        + nest([("n", g.batch), ("g", g.group)], plane.declare(t) + "\n" + channel)
 
 
 @kernel("conv")
 def _conv(ctx: KernelContext) -> str:
-    per_group = ctx.out_types[0].shape[1] // ctx.attrs["group"]
-    if per_group >= GEMM_MIN_CHANNELS:
+    g = ConvGeometry.of(ctx)
+    if g.out_per_group >= GEMM_MIN_CHANNELS:
         return _im2col_conv(ctx)
-    plane = Plane.of(ctx, ctx.in_types[1].shape[2:])
-    if ctx.in_types[1].shape[1] == 1 and plane.fits(ctx):
-        return _depthwise_conv(ctx, plane)
+    plane = Plane.of(ctx, g.kernel)
+    if g.in_per_group == 1 and plane.fits(ctx):
+        return _depthwise_conv(ctx, g, plane)
     return _row_kernel(ctx, transposed=False)
 
 

@@ -1,12 +1,13 @@
 """C expressions of the elementwise ops (semantics: kiln/ops/elementwise.py).
 
 Each function gets the operands as C variable names (each evaluated once already), the
-attrs, the operand dtypes and the output dtype, and returns a C expression.
+attrs (every declared one set: the op definition's defaults were applied when the node was
+made), the operand dtypes and the output dtype, and returns a C expression.
 """
 
 from __future__ import annotations
 
-from ...ops.elementwise import SELU_ALPHA, SELU_GAMMA
+from ...ops.elementwise import GELU_TANH_CUBIC, SOFTPLUS_LINEAR_ABOVE
 from .registry import ctype, expression, is_float, lit
 from .registry import mathfn as fn
 
@@ -32,7 +33,7 @@ def _relu(a, at, dt, out):
 
 @expression("leaky_relu")
 def _leaky(a, at, dt, out):
-    return f"({a[0]} < 0 ? {a[0]} * {lit(at.get('alpha', 0.01), dt[0])} : {a[0]})"
+    return f"({a[0]} < 0 ? {a[0]} * {lit(at['alpha'], dt[0])} : {a[0]})"
 
 
 @expression("sigmoid")
@@ -47,7 +48,7 @@ def _clamp01(x: str, dt: str) -> str:
 
 @expression("hard_sigmoid")
 def _hard_sigmoid(a, at, dt, out):
-    alpha, beta = lit(at.get("alpha", 0.2), dt[0]), lit(at.get("beta", 0.5), dt[0])
+    alpha, beta = lit(at["alpha"], dt[0]), lit(at["beta"], dt[0])
     return _clamp01(f"({alpha} * {a[0]} + {beta})", dt[0])
 
 
@@ -76,15 +77,17 @@ def _abs(a, at, dt, out):
 @expression("gelu")
 def _gelu(a, at, dt, out):
     x, t = a[0], dt[0]
-    if at.get("approximate", "none") == "tanh":
-        inner = f"({lit(0.7978845608028654, t)} * ({x} + {lit(0.044715, t)} * {x} * {x} * {x}))"
+    if at["approximate"] == "tanh":
+        cubic = lit(GELU_TANH_CUBIC, t)
+        inner = f"({lit(0.7978845608028654, t)} * ({x} + {cubic} * {x} * {x} * {x}))"
         return f"({lit(0.5, t)} * {x} * ({_one(t)} + {fn('tanh', t)}{inner}))"
     scaled = f"{x} * {lit(0.7071067811865476, t)}"
     return f"({lit(0.5, t)} * {x} * ({_one(t)} + {fn('erf', t)}({scaled})))"
 
 
 def _softplus(x: str, t: str) -> str:
-    return f"({x} > {lit(20, t)} ? {x} : {fn('log1p', t)}({fn('exp', t)}({x})))"
+    cut = lit(SOFTPLUS_LINEAR_ABOVE, t)
+    return f"({x} > {cut} ? {x} : {fn('log1p', t)}({fn('exp', t)}({x})))"
 
 
 @expression("softplus")
@@ -109,27 +112,27 @@ def _expm1_scaled(x: str, alpha: str, t: str) -> str:
 @expression("selu")
 def _selu(a, at, dt, out):
     t = dt[0]
-    alpha, gamma = lit(at.get("alpha", SELU_ALPHA), t), lit(at.get("gamma", SELU_GAMMA), t)
+    alpha, gamma = lit(at["alpha"], t), lit(at["gamma"], t)
     return f"({gamma} * ({a[0]} > 0 ? {a[0]} : {_expm1_scaled(a[0], alpha, t)}))"
 
 
 @expression("elu")
 def _elu(a, at, dt, out):
     t = dt[0]
-    return f"({a[0]} > 0 ? {a[0]} : {_expm1_scaled(a[0], lit(at.get('alpha', 1.0), t), t)})"
+    return f"({a[0]} > 0 ? {a[0]} : {_expm1_scaled(a[0], lit(at['alpha'], t), t)})"
 
 
 @expression("celu")
 def _celu(a, at, dt, out):
     t, x = dt[0], a[0]
-    alpha = lit(at.get("alpha", 1.0), t)
+    alpha = lit(at["alpha"], t)
     neg = f"{fn('fmin', t)}({lit(0, t)}, {alpha} * ({fn('exp', t)}({x} / {alpha}) - {_one(t)}))"
     return f"({fn('fmax', t)}({x}, {lit(0, t)}) + {neg})"
 
 
 @expression("thresholded_relu")
 def _thresholded_relu(a, at, dt, out):
-    return f"({a[0]} > {lit(at.get('alpha', 1.0), dt[0])} ? {a[0]} : {lit(0, dt[0])})"
+    return f"({a[0]} > {lit(at['alpha'], dt[0])} ? {a[0]} : {lit(0, dt[0])})"
 
 
 @expression("sign")
@@ -140,9 +143,9 @@ def _sign(a, at, dt, out):
 @expression("clip")
 def _clip(a, at, dt, out):
     x, t = a[0], dt[0]
-    if at.get("min") is not None:
+    if at["min"] is not None:
         x = f"({x} < {lit(at['min'], t)} ? {lit(at['min'], t)} : {x})"
-    if at.get("max") is not None:
+    if at["max"] is not None:
         x = f"({x} > {lit(at['max'], t)} ? {lit(at['max'], t)} : {x})"
     return x
 
@@ -186,11 +189,11 @@ def _div(a, at, dt, out):
 def _mod(a, at, dt, out):
     x, y, t = a[0], a[1], dt[0]
     if is_float(t):
-        if at.get("fmod", 0):
+        if at["fmod"]:
             return f"{fn('fmod', t)}({x}, {y})"
         wide = "double" if t == "float64" else "float"  # float16 computes in float
         return f"kiln_fmod_floor_{wide}({x}, {y})"
-    if at.get("fmod", 0):
+    if at["fmod"]:
         return f"({y} == 0 ? 0 : ({y} == -1 ? 0 : {x} % {y}))"
     return f"({y} == 0 ? 0 : kiln_imod_floor((int64_t){x}, (int64_t){y}))"
 

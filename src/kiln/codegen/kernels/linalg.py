@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ...ops.linalg import gemm_dims, matmul_dims
+from .loops import indent
 from .registry import (
     PARALLEL_TRIPS,
     KernelContext,
@@ -99,8 +100,8 @@ def _render_product(ctx: KernelContext, p: _Product, value: Callable[[str], str]
     full, tail, rows = p.n - p.n % nb, p.n % nb, min(MR, p.m)
     block = _block(ctx, p, nb, value)
     if tail:
-        block = (f"if (j0 < {full}) {{\n{_indent(block)}\n}} else {{\n"
-                 f"{_indent(_block(ctx, p, tail, value))}\n}}")
+        block = (f"if (j0 < {full}) {{\n{indent(block)}\n}} else {{\n"
+                 f"{indent(_block(ctx, p, tail, value))}\n}}")
     body = "\n".join([f"const {ctx.t(0)}* restrict pa = {ctx.ins[0]} + {p.a_offset};",
                       f"const {ctx.t(1)}* restrict pb = {ctx.ins[1]} + {p.b_offset};",
                       f"const int64_t ob = b * {p.m * p.n};",
@@ -109,11 +110,7 @@ def _render_product(ctx: KernelContext, p: _Product, value: Callable[[str], str]
     return (parallel_for(p.batch * p.m * p.n * p.k, trips, collapse=3)
             + f"for (int64_t b = 0; b < {p.batch}; ++b)\n"
             f"for (int64_t j0 = 0; j0 < {p.n}; j0 += {nb})\n"
-            f"for (int64_t i0 = 0; i0 < {p.m}; i0 += {rows}) {{\n{_indent(body)}\n}}")
-
-
-def _indent(text: str) -> str:
-    return "\n".join("    " + line if line else line for line in text.split("\n"))
+            f"for (int64_t i0 = 0; i0 < {p.m}; i0 += {rows}) {{\n{indent(body)}\n}}")
 
 
 @kernel("matmul")

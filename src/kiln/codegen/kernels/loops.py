@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ...ops.window import window_extent
 from .registry import ALIGNED, KernelContext, strides
 
 ROW_TILE = 256  # conv row kernel, lrn: elements of one row kept in a local array at a time
@@ -19,7 +20,7 @@ def loop(var: str, count: int | str, body: str, *, start: int | str = 0) -> str:
 
 
 def indent(text: str) -> str:
-    """text with each non-empty line indented by four spaces."""
+    """text with each non-empty line indented by four spaces (the one indent of all C text)."""
     return "\n".join("    " + line if line else line for line in text.splitlines())
 
 
@@ -57,8 +58,8 @@ class Plane:
         shape, out = ctx.in_types[0].shape[2:], ctx.out_types[0].shape[2:]
         a, nd = ctx.attrs, len(kernel)
         padded = tuple(max(shape[j] + a["pads"][j] + a["pads"][nd + j],
-                           (out[j] - 1) * a["strides"][j] + (kernel[j] - 1) * a["dilations"][j]
-                           + 1) for j in range(nd))
+                           window_extent(out[j], kernel[j], a["strides"][j], a["dilations"][j]))
+                       for j in range(nd))
         return cls(tuple(shape), padded, tuple(a["pads"][:nd]), a["strides"][-1])
 
     @property

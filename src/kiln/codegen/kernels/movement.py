@@ -133,7 +133,7 @@ def _concat(ctx: KernelContext) -> str:
     return _row_copies(_numel(out[:axis]), rows)
 
 
-@kernel("split", epilogue=False)
+@kernel("split")
 def _split(ctx: KernelContext) -> str:
     axis, shape = ctx.attrs["axis"], ctx.in_types[0].shape
     inner = _numel(shape[axis + 1:])

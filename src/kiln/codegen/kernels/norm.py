@@ -158,7 +158,7 @@ def _rms_norm(ctx: KernelContext) -> str:
     return parallel_for(2 * groups * size, groups) + loop("g", groups, body)
 
 
-@kernel("layer_norm_stats", epilogue=False)
+@kernel("layer_norm_stats")
 def _layer_norm_stats(ctx: KernelContext) -> str:
     groups, size = _layer_groups(ctx)
     t = ctx.t(0)

@@ -375,7 +375,7 @@ def _less(a: str, b: str, dtype: str) -> str:
     return f"({a} < {b})"
 
 
-@kernel("topk", epilogue=False)
+@kernel("topk")
 def _topk(ctx: KernelContext) -> str:
     """Per slice along axis: a heap of the k best (root = worst) in the outputs, then heapsort.
 

@@ -1,10 +1,13 @@
-"""The kernel contract: one C template function per IR op, table-driven like the ops.
+"""The kernel contract: one C template function per IR op, registered under the op's name.
 
+The op itself (attrs, type rule, reference, kind, epilogue flag) is defined once in
+kiln/ops/<family>.py; its template is in kiln/codegen/kernels/<family>.py. Every op but the
+views has exactly one template (tests/test_op_contract.py checks it).
 A template receives a KernelContext and returns the C statements of the kernel body. Inputs
 are `in0, in1, ...` and outputs `out0, ...` (typed, restrict pointers, all shapes static).
-A template writes each element of a single output exactly once through `ctx.store(i, v)`;
-that lets the fusion pass append an elementwise chain (the epilogue) to any such kernel.
-Templates that cannot do so register with `epilogue=False`.
+A template of an op declaring `epilogue=True` writes each element of its single output
+exactly once through `ctx.store(i, v)`; that lets the fusion pass append an elementwise
+chain (the epilogue) to it.
 Kernels run on any thread count: templates put `parallel_for` (an OpenMP pragma) on outer
 loops whose iterations write disjoint outputs and never split a reduction, so the results
 do not depend on the thread count.
@@ -196,31 +199,38 @@ TemplateFn = Callable[[KernelContext], str]
 
 @dataclass(frozen=True)
 class KernelDef:
+    """The C template of one IR op (whether it takes an epilogue is the op's OpDef.epilogue)."""
+
     op: str
     template: TemplateFn
-    epilogue: bool = True
 
 
 _KERNELS: dict[str, KernelDef] = {}
 
 
-def kernel(op: str, *, epilogue: bool = True) -> Callable[[TemplateFn], TemplateFn]:
+def kernel(op: str) -> Callable[[TemplateFn], TemplateFn]:
     """Decorator registering the C template of IR op `op`."""
 
     def wrap(fn: TemplateFn) -> TemplateFn:
         if op in _KERNELS:
             raise ValueError(f"kernel for {op} registered twice")
-        _KERNELS[op] = KernelDef(op, fn, epilogue)
+        _KERNELS[op] = KernelDef(op, fn)
         return fn
 
     return wrap
 
 
 def get_kernel(op: str) -> KernelDef:
+    """The C template of IR op `op`."""
     try:
         return _KERNELS[op]
     except KeyError:
         raise UnsupportedOpError(f"no C kernel for IR op '{op}'") from None
+
+
+def all_kernels() -> dict[str, KernelDef]:
+    """Every registered template by op name (the op-contract test pairs them with the ops)."""
+    return dict(_KERNELS)
 
 
 # Elementwise ops also register a C expression: (operand C names, attrs, operand dtypes,

@@ -15,11 +15,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
+from blake3 import blake3
 from onnx import helper, numpy_helper
 
 from ...errors import ModelImportError, ShapeError, UnsupportedOpError
-from ...ir import GraphBuilder, Module, TensorType, Value
+from ...ir import Module, TensorType, Value
 from ...ir.types import MAX_TENSOR_BYTES, check_dtype
+from ...ops import GraphBuilder
 from ...passes.dce import eliminate_dead_code
 from . import ops as _ops  # noqa: F401  (registers the converters)
 from .registry import ConvertContext, get_converter
@@ -151,10 +153,12 @@ def _check_supported(graph: onnx.GraphProto) -> None:
 
 def from_onnx(
     model: ModelLike,
+    *,
     shapes: Mapping[str, Sequence[int]] | None = None,
     dtypes: Mapping[str, str] | None = None,
 ) -> tuple[Module, dict[str, np.ndarray]]:
-    """Import an ONNX model; return the module and its params (initializers and folded values)."""
+    """Import an ONNX model; return the module and the params it reads (initializers and
+    folded values). shapes fixes input shapes ({name: dims}), dtypes input dtypes."""
     proto = load_model(model)
     shapes, dtypes = dict(shapes or {}), dict(dtypes or {})
     opset = _default_opset(proto)
@@ -190,6 +194,10 @@ def from_onnx(
         raise ModelImportError(f"graph outputs {missing} are not produced by any node")
     mod = builder.finish([env[o.name] for o in graph.output], [o.name for o in graph.output])
     mod.source = _provenance(proto, opset)
+    # Converters read compile-time inputs (shapes, axes, pads...) into attributes and the
+    # builder folds what depends on constants alone, which leaves initializers and folded
+    # values unread (a Reshape's shape, the operands of a folded node): drop them here, so
+    # from_onnx returns only the weights the module reads, not dead arrays held in memory.
     eliminate_dead_code(mod)
     params = {p.name: builder.constants[p.name] for p in mod.graph.params}
     return mod, params
@@ -197,8 +205,6 @@ def from_onnx(
 
 def _provenance(proto: onnx.ModelProto, opset: int) -> dict[str, str]:
     """What the library records about its source model."""
-    from blake3 import blake3
-
     return {"format": "onnx", "opset": str(opset), "ir_version": str(proto.ir_version),
             "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
             "blake3": blake3(proto.SerializeToString(deterministic=True)).hexdigest()}

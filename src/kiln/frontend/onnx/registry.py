@@ -16,7 +16,8 @@ import onnx
 from onnx import helper
 
 from ...errors import LimitError, NotConstantError, ShapeError, UnsupportedOpError
-from ...ir import GraphBuilder, Value
+from ...ir import Value
+from ...ops import GraphBuilder
 
 
 def node_name(node: onnx.NodeProto) -> str:
@@ -97,6 +98,14 @@ class ConvertContext:
 
     def attr(self, name: str, default: Any = None) -> Any:
         return self.attrs.get(name, default)
+
+    def given(self, **convert: Callable[[Any], Any]) -> dict[str, Any]:
+        """The attributes named in convert that the node sets, each converted (float, bool...).
+
+        For IR attributes whose default is ONNX's: the op definition (kiln/ops) fills in those
+        the node leaves out, so no converter restates a default.
+        """
+        return {name: fn(self.attrs[name]) for name, fn in convert.items() if name in self.attrs}
 
     def emit(self, op: str, inputs: list[Value], attrs: dict[str, Any] | None = None, *,
              num_outputs: int = 1) -> list[Value]:

@@ -8,19 +8,15 @@ from __future__ import annotations
 
 from ....errors import ShapeError
 from ....ir import Value
+from ....ops.window import window_extent
 from ..registry import ConvertContext, converter
 from .window import auto_pad, ints, kernel_shape, split_padding, window_attrs
-
-
-def _group(cx: ConvertContext) -> int:
-    return int(cx.attr("group", 1))
 
 
 @converter("Conv")
 def _conv(cx: ConvertContext) -> list[Value]:
     x, w = cx.input(0), cx.input(1)
-    attrs = window_attrs(cx, x, kernel_shape(cx, w))
-    attrs["group"] = _group(cx)
+    attrs = {**window_attrs(cx, x, kernel_shape(cx, w)), **cx.given(group=int)}
     inputs = [x, w] + ([cx.input(2)] if cx.has_input(2) else [])
     return [cx.emit1("conv", inputs, attrs)]
 
@@ -30,8 +26,7 @@ def _conv_transpose(cx: ConvertContext) -> list[Value]:
     x, w = cx.input(0), cx.input(1)
     kernel = kernel_shape(cx, w)
     nd = len(kernel)
-    attrs = window_attrs(cx, x, kernel)
-    attrs["group"] = _group(cx)
+    attrs = {**window_attrs(cx, x, kernel), **cx.given(group=int)}
     extra = ints(cx.attr("output_padding", [0] * nd))
     if len(extra) != nd:
         raise ShapeError(f"{cx.where()}: output_padding {list(extra)} needs {nd} entries")
@@ -43,8 +38,8 @@ def _conv_transpose(cx: ConvertContext) -> list[Value]:
         target = ints(target)[-nd:]  # some exporters include N and C
         begins, ends = [], []
         for i in range(nd):
-            full = ((x.type.shape[2 + i] - 1) * attrs["strides"][i] + extra[i]
-                    + (kernel[i] - 1) * attrs["dilations"][i] + 1)
+            full = window_extent(x.type.shape[2 + i], kernel[i], attrs["strides"][i],
+                                 attrs["dilations"][i]) + extra[i]
             begin, end = split_padding(full - target[i], mode == "SAME_UPPER")
             begins.append(begin)
             ends.append(end - extra[i])

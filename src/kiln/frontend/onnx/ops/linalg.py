@@ -25,15 +25,11 @@ def _matmul(cx: ConvertContext) -> list[Value]:
 
 @converter("Gemm")
 def _gemm(cx: ConvertContext) -> list[Value]:
-    a, b = cx.input(0), cx.input(1)
-    trans_a, trans_b = bool(cx.attr("transA", 0)), bool(cx.attr("transB", 0))
-    # A transposed weight is transposed now, once: the kernel reads rows of B fastest.
-    weight = cx.builder.constant_of(b)
-    if trans_b and weight is not None and weight.ndim == 2:
-        b, trans_b = cx.constant(weight.T, "weight_t"), False
-    inputs = [a, b] + ([cx.input(2)] if cx.has_input(2) else [])
-    attrs = {"alpha": float(cx.attr("alpha", 1.0)), "beta": float(cx.attr("beta", 1.0)),
-             "trans_a": trans_a, "trans_b": trans_b}
+    inputs = [cx.input(0), cx.input(1)] + ([cx.input(2)] if cx.has_input(2) else [])
+    attrs = cx.given(alpha=float, beta=float)
+    for onnx_name, ir_name in (("transA", "trans_a"), ("transB", "trans_b")):
+        if onnx_name in cx.attrs:
+            attrs[ir_name] = bool(cx.attrs[onnx_name])
     return [cx.emit1("gemm", inputs, attrs)]
 
 
@@ -54,14 +50,15 @@ def _cumsum(cx: ConvertContext) -> list[Value]:
     axis = _const_int(cx, 1, "axis", 0)
     if not -x.type.rank <= axis < x.type.rank:
         raise ShapeError(f"{cx.where()}: axis {axis} out of range for input {x.type}")
-    attrs = {"axis": axis % x.type.rank, "exclusive": bool(cx.attr("exclusive", 0)),
-             "reverse": bool(cx.attr("reverse", 0))}
+    attrs = {"axis": axis % x.type.rank, **cx.given(exclusive=bool, reverse=bool)}
     return [cx.emit1("cumsum", [x], attrs)]
 
 
 @converter("Trilu")
 def _trilu(cx: ConvertContext) -> list[Value]:
-    attrs = {"k": _const_int(cx, 1, "k", 0), "upper": bool(cx.attr("upper", 1))}
+    attrs = cx.given(upper=bool)
+    if cx.has_input(1):
+        attrs["k"] = _const_int(cx, 1, "k", 0)
     return [cx.emit1("trilu", [cx.input(0)], attrs)]
 
 

@@ -15,8 +15,8 @@ from onnx import numpy_helper
 
 from ....errors import LimitError, ShapeError, UnsupportedOpError
 from ....ir import Value
-from ....ir.evaluate import over_fold_limit
 from ....ops.common import broadcast_shapes, normalize_axis
+from ....ops.evaluate import over_fold_limit
 from ....ops.movement import PAD_MODES
 from ..registry import ConvertContext, converter
 
@@ -306,7 +306,7 @@ def _gather(cx: ConvertContext) -> list[Value]:
 @converter("GatherND")
 def _gather_nd(cx: ConvertContext) -> list[Value]:
     data, indices = cx.input(0), cx.input(1)
-    return [cx.emit1("gather_nd", [data, indices], {"batch_dims": cx.attr("batch_dims", 0)})]
+    return [cx.emit1("gather_nd", [data, indices], cx.given(batch_dims=int))]
 
 
 # expand, tile, pad -------------------------------------------------------------------------

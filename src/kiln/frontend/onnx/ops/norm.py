@@ -16,8 +16,7 @@ from ..registry import ConvertContext, converter
 def _lrn(cx: ConvertContext) -> list[Value]:
     if cx.attr("size") is None:
         raise ShapeError(f"{cx.where()}: attribute size is required")
-    attrs = {"size": int(cx.attr("size")), "alpha": float(cx.attr("alpha", 1e-4)),
-             "beta": float(cx.attr("beta", 0.75)), "bias": float(cx.attr("bias", 1.0))}
+    attrs = {"size": int(cx.attr("size")), **cx.given(alpha=float, beta=float, bias=float)}
     return [cx.emit1("lrn", [cx.input(0)], attrs)]
 
 
@@ -31,13 +30,13 @@ def _batch_norm(cx: ConvertContext) -> list[Value]:
         raise UnsupportedOpError(f"{cx.where()}: spatial=0 (per-element statistics) is not "
                                  "supported")
     inputs = [cx.input(i) for i in range(5)]
-    return [cx.emit1("batch_norm", inputs, {"epsilon": float(cx.attr("epsilon", 1e-5))})]
+    return [cx.emit1("batch_norm", inputs, cx.given(epsilon=float))]
 
 
 @converter("InstanceNormalization")
 def _instance_norm(cx: ConvertContext) -> list[Value]:
     inputs = [cx.input(i) for i in range(3)]
-    return [cx.emit1("instance_norm", inputs, {"epsilon": float(cx.attr("epsilon", 1e-5))})]
+    return [cx.emit1("instance_norm", inputs, cx.given(epsilon=float))]
 
 
 def _norm_attrs(cx: ConvertContext, x: Value) -> dict:
@@ -45,7 +44,7 @@ def _norm_attrs(cx: ConvertContext, x: Value) -> dict:
     axis = int(cx.attr("axis", -1))
     if not -x.type.rank <= axis < x.type.rank:
         raise ShapeError(f"{cx.where()}: axis {axis} out of range for input {x.type}")
-    return {"axis": axis % x.type.rank, "epsilon": float(cx.attr("epsilon", 1e-5))}
+    return {"axis": axis % x.type.rank, **cx.given(epsilon=float)}
 
 
 @converter("RMSNormalization")
@@ -80,7 +79,7 @@ def _group_norm(cx: ConvertContext) -> list[Value]:
                          f"input {x.type}")
     emit = cx.builder.emit
     grouped = emit("reshape", [x], {"shape": (n, groups, x.type.numel // n // groups)})[0]
-    eps = {"epsilon": float(cx.attr("epsilon", 1e-5))}
+    eps = cx.given(epsilon=float)
     if cx.opset < 21:  # opset 18: scale and bias per group
         y = emit("instance_norm", [grouped, scale, bias], eps, name=cx.name)[0]
         return [cx.emit1("reshape", [y], {"shape": x.type.shape})]
@@ -113,7 +112,8 @@ def _lp_norm(cx: ConvertContext) -> list[Value]:
     axis = int(cx.attr("axis", -1))
     if not -x.type.rank <= axis < x.type.rank:
         raise ShapeError(f"{cx.where()}: axis {axis} out of range for input {x.type}")
-    p = int(cx.attr("p", 2))
-    if p not in (1, 2):
-        raise UnsupportedOpError(f"{cx.where()}: p={p}; LpNormalization supports p = 1 or 2")
-    return [cx.emit1("lp_norm", [x], {"axis": axis % x.type.rank, "p": p})]
+    attrs = {"axis": axis % x.type.rank, **cx.given(p=int)}
+    if "p" in attrs and attrs["p"] not in (1, 2):
+        raise UnsupportedOpError(f"{cx.where()}: p={attrs['p']}; LpNormalization supports "
+                                 "p = 1 or 2")
+    return [cx.emit1("lp_norm", [x], attrs)]

@@ -13,9 +13,7 @@ from .window import kernel_shape, window_attrs
 def _pool_attrs(cx: ConvertContext, x: Value) -> dict:
     kernel = kernel_shape(cx, None)
     attrs = window_attrs(cx, x, kernel)
-    attrs["kernel_shape"] = kernel
-    attrs["ceil_mode"] = bool(cx.attr("ceil_mode", 0))
-    return attrs
+    return {**attrs, "kernel_shape": kernel, **cx.given(ceil_mode=bool)}
 
 
 @converter("MaxPool")
@@ -24,7 +22,7 @@ def _max_pool(cx: ConvertContext) -> list[Value]:
     attrs = _pool_attrs(cx, x)
     outputs = [cx.emit1("max_pool", [x], attrs)]
     if len(cx.node.output) > 1 and cx.node.output[1]:
-        attrs["storage_order"] = int(cx.attr("storage_order", 0))
+        attrs.update(cx.given(storage_order=int))
         outputs.append(cx.builder.emit("max_pool_argmax", [x], attrs, name=cx.name,
                                        out_names=[cx.node.output[1]])[0])
     return outputs
@@ -34,7 +32,7 @@ def _max_pool(cx: ConvertContext) -> list[Value]:
 def _avg_pool(cx: ConvertContext) -> list[Value]:
     x = cx.input(0)
     attrs = _pool_attrs(cx, x)
-    attrs["count_include_pad"] = bool(cx.attr("count_include_pad", 0))
+    attrs.update(cx.given(count_include_pad=bool))
     return [cx.emit1("avg_pool", [x], attrs)]
 
 

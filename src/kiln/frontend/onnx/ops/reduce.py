@@ -57,7 +57,7 @@ def _reduce(cx: ConvertContext) -> list[Value]:
         raise ShapeError(f"{cx.where()}: {e}") from e
     if not axes:  # a scalar input
         return [_per_element(cx, op, x)]
-    return [cx.emit1(op, [x], {"axes": tuple(axes), "keepdims": bool(cx.attr("keepdims", 1))})]
+    return [cx.emit1(op, [x], {"axes": tuple(axes), **cx.given(keepdims=bool)})]
 
 
 def _axis(cx: ConvertContext, default: int) -> int:
@@ -69,11 +69,7 @@ def _axis(cx: ConvertContext, default: int) -> int:
 
 @converter("ArgMax", "ArgMin")
 def _arg(cx: ConvertContext) -> list[Value]:
-    attrs = {
-        "axis": _axis(cx, 0),
-        "keepdims": bool(cx.attr("keepdims", 1)),
-        "select_last_index": bool(cx.attr("select_last_index", 0)),
-    }
+    attrs = {"axis": _axis(cx, 0), **cx.given(keepdims=bool, select_last_index=bool)}
     return [cx.emit1(cx.node.op_type.lower(), [cx.input(0)], attrs)]
 
 
@@ -104,10 +100,5 @@ def _topk(cx: ConvertContext) -> list[Value]:
         k = None if k_input is None or k_input.size != 1 else int(k_input.reshape(-1)[0])
     if k is None:
         raise ShapeError(f"{cx.where()}: K must be given as one integer")
-    attrs = {
-        "k": int(k),
-        "axis": _axis(cx, -1),
-        "largest": bool(cx.attr("largest", 1)),
-        "sorted": bool(cx.attr("sorted", 1)),
-    }
+    attrs = {"k": int(k), "axis": _axis(cx, -1), **cx.given(largest=bool, sorted=bool)}
     return cx.emit("topk", [cx.input(0)], attrs, num_outputs=2)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ....errors import ShapeError, UnsupportedOpError
 from ....ir import Value
+from ....ops.window import window_extent
 from ..registry import ConvertContext
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
@@ -62,7 +63,7 @@ def window_attrs(cx: ConvertContext, x: Value, kernel: tuple[int, ...]) -> dict:
         begins, ends = [], []
         for size, k, s, d in zip(x.type.shape[2:], kernel, strides, dilations, strict=True):
             out = -(-size // s)  # SAME: ceil(size / stride) outputs
-            total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+            total = max(0, window_extent(out, k, s, d) - size)
             begin, end = split_padding(total, mode == "SAME_UPPER")
             begins.append(begin)
             ends.append(end)

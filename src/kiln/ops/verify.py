@@ -1,15 +1,23 @@
-"""The IR verifier: checks graph invariants; tests run it after every pass."""
+"""The IR verifier: checks graph invariants against the op definitions; tests run it after
+every pass."""
 
 from __future__ import annotations
 
 from ..errors import VerificationError
-from .graph import Module
+from ..ir.graph import Module, Node
+from .registry import get_op
+
+
+def _check_attrs(node: Node, where: str) -> None:
+    """A node carries exactly the attributes its op declares (the builder fills defaults)."""
+    declared = set(get_op(node.op).attrs)
+    if set(node.attrs) != declared:
+        raise VerificationError(f"{where}: attributes {sorted(node.attrs)}, but op {node.op} "
+                                f"declares {sorted(declared)}")
 
 
 def verify(mod: Module) -> None:
     """Raise VerificationError if the graph is not well formed and correctly typed."""
-    from ..ops import get_op
-
     g = mod.graph
     defined: set[int] = set()
     names: set[str] = set()
@@ -25,6 +33,7 @@ def verify(mod: Module) -> None:
         for v in node.inputs:
             if id(v) not in defined:
                 raise VerificationError(f"{where}: input %{v.name} used before definition")
+        _check_attrs(node, where)
         want = get_op(node.op).infer([v.type for v in node.inputs], node.attrs)
         got = [v.type for v in node.outputs]
         if want != got:

@@ -8,19 +8,18 @@ stays a run-time node. Each result is checked against the type the op's rule inf
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ..errors import LimitError, ShapeError
-from .types import TensorType
+from ..ir.types import TensorType
+from .registry import ReferenceFn
 
 # The default largest tensor constant folding may create; $KILN_FOLD_LIMIT_BYTES overrides it.
 DEFAULT_FOLD_LIMIT_BYTES = 64 * 2**20
 FOLD_LIMIT_ENV = "KILN_FOLD_LIMIT_BYTES"
-
-Reference = Callable[[list[np.ndarray], dict[str, Any]], list[np.ndarray]]
 
 
 def fold_limit_bytes() -> int:
@@ -55,7 +54,7 @@ def fold_refusal(where: str, types: Sequence[TensorType]) -> str | None:
     return None
 
 
-def evaluate(reference: Reference, arrays: list[np.ndarray], attrs: dict[str, Any],
+def evaluate(reference: ReferenceFn, arrays: list[np.ndarray], attrs: dict[str, Any],
              types: Sequence[TensorType], where: str) -> list[np.ndarray]:
     """reference(arrays, attrs) as C-ordered arrays, each checked against its inferred type."""
     try:

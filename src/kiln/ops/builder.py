@@ -1,5 +1,6 @@
-"""GraphBuilder: adds nodes with inferred types, folding those whose inputs are all constant
-(and whose results are within the folding limit of ir/evaluate.py)."""
+"""GraphBuilder: adds nodes with their attributes resolved and their types inferred by the op
+definitions, folding those whose inputs are all constant (and whose results are within the
+folding limit of ops/evaluate.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import KilnError, ShapeError
+from ..ir.graph import Graph, Module, Node, Value, unique_name
+from ..ir.types import TensorType
 from .evaluate import evaluate, fold_refusal
-from .graph import Graph, Module, Node, Value
-from .types import TensorType
+from .registry import get_op
 
 
 class GraphBuilder:
@@ -26,11 +28,7 @@ class GraphBuilder:
 
     def fresh_name(self, hint: str) -> str:
         """A value name not used yet, derived from hint."""
-        hint = hint or "v"
-        name, i = hint, 0
-        while name in self._names:
-            i += 1
-            name = f"{hint}_{i}"
+        name = unique_name(hint or "v", self._names)
         self._names.add(name)
         return name
 
@@ -55,13 +53,12 @@ class GraphBuilder:
         self, op: str, inputs: list[Value], attrs: dict[str, Any] | None = None, *,
         name: str = "", out_names: list[str] | None = None, fold: bool = True,
     ) -> list[Value]:
-        """Add `op(inputs)`; if every input is constant, evaluate it now and return constants,
-        unless a result is over the folding limit (then the node stays, in self.unfolded)."""
-        from ..ops import get_op
-
+        """Add `op(inputs)`, its undeclared attrs set to the op's defaults; if every input is
+        constant, evaluate it now and return constants, unless a result is over the folding
+        limit (then the node stays, in self.unfolded)."""
         opdef = get_op(op)
-        attrs = dict(attrs or {})
         where = f"node '{name}' ({op})" if name else f"op {op}"
+        attrs = opdef.resolve_attrs(attrs or {}, where)
         try:
             out_types = opdef.infer([v.type for v in inputs], attrs)
         except KilnError as e:
