@@ -7,12 +7,14 @@ executor together on graphs no one wrote by hand.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kiln
 from kiln.ir import TensorType
 from kiln.ops import GraphBuilder, get_op
+from tests.util import check_op
 
 UNARY = ["relu", "sigmoid", "tanh", "neg", "abs", "exp", "hard_swish", "softplus", "erf"]
 BINARY = ["add", "sub", "mul", "max", "min"]
@@ -65,3 +67,10 @@ def test_compiled_graph_matches_reference(case):
     gmod.run()
     for k, want in enumerate(_reference(mod, consts, feeds)):
         np.testing.assert_allclose(gmod.get_output(k), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int8"])
+@pytest.mark.parametrize("attrs", [{}, {"lambd": 1.5, "bias": 1.5}, {"lambd": 0.0, "bias": -2.0}])
+def test_shrink_matches_onnxruntime(dtype, attrs):
+    x = np.linspace(-4, 4, 33).astype(dtype)  # values on, between and beyond +-lambd
+    check_op("Shrink", {"x": x}, opset=9, **attrs)

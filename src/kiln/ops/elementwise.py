@@ -106,6 +106,8 @@ UNARY: dict[str, tuple[UnaryFn, Attrs]] = {
     "elu": (lambda x, a: np.where(x > 0, x, a["alpha"] * (np.exp(x) - 1)), {"alpha": 1.0}),
     "celu": (_celu, {"alpha": 1.0}),
     "thresholded_relu": (lambda x, a: np.where(x > a["alpha"], x, 0), {"alpha": 1.0}),
+    "shrink": (lambda x, a: np.where(x < -a["lambd"], x + a["bias"], np.where(
+        x > a["lambd"], x - a["bias"], 0)).astype(x.dtype), {"lambd": 0.5, "bias": 0.0}),
     "sign": (lambda x, a: np.sign(x), {}),
     "floor": (lambda x, a: np.floor(x), {}),
     "ceil": (lambda x, a: np.ceil(x), {}),

@@ -135,6 +135,16 @@ def _thresholded_relu(a, at, dt, out):
     return f"({a[0]} > {lit(at['alpha'], dt[0])} ? {a[0]} : {lit(0, dt[0])})"
 
 
+@expression("shrink")
+def _shrink(a, at, dt, out):
+    x, t = a[0], dt[0]
+    if not is_float(t):  # integers: compare and add in double, then truncate, as ONNX casts
+        x, t = f"(double){x}", "float64"
+    lambd, bias = lit(at["lambd"], t), lit(at["bias"], t)
+    shrunk = f"({x} < -{lambd} ? {x} + {bias} : ({x} > {lambd} ? {x} - {bias} : {lit(0, t)}))"
+    return f"(({ctype(out)}){shrunk})"
+
+
 @expression("sign")
 def _sign(a, at, dt, out):
     return f"(({ctype(out)})(({a[0]} > 0) - ({a[0]} < 0)))"

@@ -33,6 +33,7 @@ _SIMPLE = {
     "Elu": ("elu", {"alpha": "alpha"}),
     "Celu": ("celu", {"alpha": "alpha"}),
     "ThresholdedRelu": ("thresholded_relu", {"alpha": "alpha"}),
+    "Shrink": ("shrink", {"lambd": "lambd", "bias": "bias"}),
     "Sign": ("sign", {}),
     "Floor": ("floor", {}),
     "Ceil": ("ceil", {}),
