@@ -50,7 +50,8 @@ class CompatibilityError(KilnError):
 
 
 class InputError(KilnError):
-    """A run-time input has the wrong name, shape or dtype, or is missing."""
+    """An input or weight (given at run time, or to build/bind) has the wrong name, shape or
+    dtype, or is missing."""
 
 
 class ExportError(KilnError):
