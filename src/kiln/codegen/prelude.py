@@ -1,5 +1,7 @@
 """The C prelude every kernel source starts with: headers and small shared helpers."""
 
+from .gemm import GEMM_API
+
 PRELUDE = r"""#include <math.h>
 #include <omp.h>
 #include <stdint.h>
@@ -49,7 +51,44 @@ static inline float kiln_expf(float x) {
     memcpy(&s2, &b2, sizeof s2);
     return p * s1 * s2;
 }
-"""
+/* erff and tanhf without libm, so loops calling them vectorize (a GEMM's GELU epilogue):
+   x P(x^2) / Q(x^2), rational fits made for kiln (least squares on the relative error),
+   <= 7 ulp (4e-7 absolute) on the clamped ranges, +-1 beyond, NaN for NaN. */
+static inline float kiln_erff(float x) {
+    const float c = x > 4.0f ? 4.0f : (x < -4.0f ? -4.0f : x);
+    const float t = c * c;
+    float p = 1.98648969e-06f;
+    p = p * t + 2.84495311e-04f;
+    p = p * t + 3.88195620e-03f;
+    p = p * t + 5.30973743e-02f;
+    p = p * t + 1.93518345e-01f;
+    p = p * t + 1.12837914f;
+    float q = 3.74133977e-05f;
+    q = q * t + 1.18515983e-03f;
+    q = q * t + 1.52045184e-02f;
+    q = q * t + 1.15338195e-01f;
+    q = q * t + 5.04833734e-01f;
+    q = q * t + 1.0f;
+    const float r = c * p / q;
+    return r > 1.0f ? 1.0f : (r < -1.0f ? -1.0f : r);
+}
+static inline float kiln_tanhf(float x) {
+    const float c = x > 9.0f ? 9.0f : (x < -9.0f ? -9.0f : x);
+    const float t = c * c;
+    float p = 1.33546019e-08f;
+    p = p * t + 2.06092853e-05f;
+    p = p * t + 3.49561224e-03f;
+    p = p * t + 1.33810502e-01f;
+    p = p * t + 9.99999980e-01f;
+    float q = 7.77660478e-07f;
+    q = q * t + 3.28566573e-04f;
+    q = q * t + 2.58770870e-02f;
+    q = q * t + 4.67143660e-01f;
+    q = q * t + 1.0f;
+    const float r = c * p / q;
+    return r > 1.0f ? 1.0f : (r < -1.0f ? -1.0f : r);
+}
+""" + GEMM_API
 
 
 # Linked into every library. The runtime sets the thread count before each run, so it is a

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ..passes.fuse import KernelGroup
 from .kernels import KernelContext, get_expression, get_kernel
 from .kernels.loops import indent
-from .kernels.registry import broadcast_index, ctype
+from .kernels.registry import broadcast_index, ctype, row_index
 from .prelude import PRELUDE
 
 PLACEHOLDER = "KILN_KERNEL_NAME"
@@ -27,21 +27,25 @@ class KernelSource:
     source: str
 
 
-def _epilogue(group: KernelGroup) -> tuple[str, list[str]]:
+def _epilogue(group: KernelGroup, ld: int | None = None) -> tuple[str, list[str]]:
     """C function applying the chain to one anchor value; returns (text, extra params).
 
     Values made inside the group are locals (v0 is the anchor's); each operand from outside
-    is loaded once per element, broadcast to the output shape.
+    is loaded once per element, broadcast to the output shape: from the flat index i, or with
+    ld (kiln_epilogue_rows<ld>) from the row `outer` and column `inner` of rows of ld elements.
     """
     anchor_out = group.anchor.outputs[0]
     out_type = group.outputs[0].type
     params = [f"{ctype(anchor_out.type.dtype)} v0", "int64_t i"]
+    if ld is not None:
+        params += ["int64_t outer", "int64_t inner"]
     names = {id(anchor_out): "v0"}
     lines = []
     for k, v in enumerate(group.extras):
         params.append(f"const {ctype(v.type.dtype)}* restrict e{k}")
         names[id(v)] = f"x{k}"
-        idx = broadcast_index(v.type.shape, out_type.shape, "i")
+        idx = (broadcast_index(v.type.shape, out_type.shape, "i") if ld is None else
+               row_index(v.type.shape, out_type.shape, ld, "outer", "inner", "i"))
         lines.append(f"    const {ctype(v.type.dtype)} x{k} = e{k}[{idx}];")
     for k, node in enumerate(group.chain, start=1):
         out = node.outputs[0]
@@ -49,7 +53,8 @@ def _epilogue(group: KernelGroup) -> tuple[str, list[str]]:
                                        [v.type.dtype for v in node.inputs], out.type.dtype)
         lines.append(f"    const {ctype(out.type.dtype)} v{k} = {expr};")
         names[id(out)] = f"v{k}"
-    text = (f"static inline {ctype(out_type.dtype)} kiln_epilogue({', '.join(params)}) {{\n"
+    name = "kiln_epilogue" if ld is None else f"kiln_epilogue_rows{ld}"
+    text = (f"static inline {ctype(out_type.dtype)} {name}({', '.join(params)}) {{\n"
             + "\n".join(lines) + f"\n    return v{len(group.chain)};\n}}\n")
     return text, [f"ex{j}" for j in range(len(group.extras))]
 
@@ -66,18 +71,30 @@ def render_kernel(group: KernelGroup) -> KernelSource:
     unpack = [f"    const {ctype(v.type.dtype)}* restrict in{k} = "
               f"(const {ctype(v.type.dtype)}*)args[{k}];" for k, v in enumerate(ins)]
     epilogue = ""
+    row_lengths: set[int] = set()
     if group.chain:
         epilogue, extra_names = _epilogue(group)
         for j, v in enumerate(group.extras):
             t = ctype(v.type.dtype)
             unpack.append(f"    const {t}* restrict ex{j} = (const {t}*)args[{len(ins) + j}];")
         ctx.epilogue = lambda i, val: f"kiln_epilogue({', '.join([val, i, *extra_names])})"
+
+        def by_rows(ld: int, i: str, outer: str, inner: str, val: str) -> str:
+            row_lengths.add(ld)
+            return f"kiln_epilogue_rows{ld}({', '.join([val, i, outer, inner, *extra_names])})"
+
+        ctx.row_epilogue = by_rows
     base = len(group.inputs)
     for k, v in enumerate(group.outputs):
         t = ctype(v.type.dtype)
         unpack.append(f"    {t}* restrict out{k} = ({t}*)args[{base + k}];")
+    ctx.stored_types = [v.type for v in group.outputs]
+    ctx.unpack = "\n".join(line.strip() for line in unpack)
     body = indent(get_kernel(anchor.op).template(ctx))
-    source = (f"{PRELUDE}\n/* {group.label} */\n{epilogue}\n"
+    for ld in sorted(row_lengths):
+        epilogue += _epilogue(group, ld)[0]
+    helpers = "".join(f"{h}\n" for h in ctx.helpers)
+    source = (f"{PRELUDE}\n/* {group.label} */\n{epilogue}\n{helpers}"
               f"void {PLACEHOLDER}(void* const* args) {{\n" + "\n".join(unpack)
               + f"\n{body}\n}}\n")
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]

@@ -20,6 +20,7 @@ import numpy as np
 from blake3 import blake3
 
 from .._version import __version__
+from ..codegen.gemm import GEMM_NAME, GEMM_SOURCE
 from ..codegen.prelude import SUPPORT_NAME, SUPPORT_SOURCE
 from ..codegen.render import KernelSource
 from ..codegen.target import Target
@@ -60,7 +61,9 @@ class FactoryModule:
     def __init__(self, models: dict[str, CompiledModel], target: Target) -> None:
         self.compiled = models
         self.target = target
-        self._support = compile_kernels([KernelSource(SUPPORT_NAME, SUPPORT_SOURCE)], target,
+        # The units every library links: runtime support and the GEMM driver (both cached).
+        self._support = compile_kernels([KernelSource(SUPPORT_NAME, SUPPORT_SOURCE),
+                                         KernelSource(GEMM_NAME, GEMM_SOURCE)], target,
                                         progress=False)
         self._loaded: Library | None = None
 

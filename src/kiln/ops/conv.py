@@ -7,12 +7,14 @@ kiln/codegen/kernels/conv.py under the same names.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
 from ..errors import ShapeError
 from ..ir.types import TensorType
 from .common import need_float, need_image, need_vector, same_dtype
+from .layout import panels_shape, unpack_conv_weight
 from .registry import REQUIRED, Attrs, register
 from .window import check_window, pad_spatial, window_extent, window_shape, window_slices
 
@@ -35,8 +37,21 @@ def _operands(types: list[TensorType]) -> tuple[TensorType, TensorType]:
     return x, w
 
 
+def weight_type(w: TensorType, attrs: Attrs) -> TensorType:
+    """The type a conv's weight has for the conv: its own, or (M, C/group, *K) when stored
+    as column panels (`packed_weight`, kiln/ops/layout.py)."""
+    if not attrs["packed_weight"]:
+        return w
+    shape = tuple(attrs["packed_weight"])
+    expected = panels_shape(math.prod(shape[1:]), shape[0])
+    if w.shape != expected:
+        raise ShapeError(f"packed weight of shape {list(w.shape)} does not hold a weight of "
+                         f"shape {list(shape)}: expected {list(expected)}")
+    return TensorType(shape, w.dtype)
+
+
 def _conv_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
-    x, w = _operands(types)
+    x, w = _operands([types[0], weight_type(types[1], attrs), *types[2:]])
     group = attrs["group"]
     if group < 1 or x.shape[1] != w.shape[1] * group or w.shape[0] % group:
         raise ShapeError(f"input {x} and weight {w} do not fit group={group}: need C = "
@@ -50,6 +65,8 @@ def _conv_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
 
 def _conv_ref(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarray]:
     x, w = arrs[0], arrs[1]
+    if attrs["packed_weight"]:
+        w = unpack_conv_weight(w, tuple(attrs["packed_weight"]))
     nd, group = x.ndim - 2, attrs["group"]
     n, c, m = x.shape[0], x.shape[1], w.shape[0]
     out = window_shape(x.shape, w.shape[2:], attrs)
@@ -66,7 +83,11 @@ def _conv_ref(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarray]:
     return [y.astype(x.dtype)]
 
 
-register("conv", infer=_conv_infer, reference=_conv_ref, attrs=CONV_ATTRS)
+# packed_weight: () when w is as the model gave it, else w's shape (M, C/group, *K) with w
+# stored as column panels of its (M, C/group * prod(K)) matrix transposed, a layout the
+# packing pass chooses (kiln/ops/layout.py).
+register("conv", infer=_conv_infer, reference=_conv_ref,
+         attrs={**CONV_ATTRS, "packed_weight": ()})
 
 
 # ---- conv_transpose: [x (N,C,*I), w (C,M/group,*K), b (M,)?] -> (N,M,*O)

@@ -13,7 +13,11 @@ import numpy as np
 from ..errors import ShapeError
 from ..ir.types import TensorType
 from .common import broadcast_shapes, expect_arity, same_dtype
+from .layout import unpack_panels, unpacked_shape
 from .registry import REQUIRED, Attrs, register
+
+# `packed_n` (matmul, gemm): 0 when B is as the model gave it; n when B is a 2-D (k x n)
+# matrix stored in column panels (kiln/ops/layout.py), a layout the packing pass chooses.
 
 
 @dataclass(frozen=True)
@@ -50,18 +54,34 @@ def _numeric_dtype(types: list[TensorType], op: str) -> str:
     return dtype
 
 
+def b_shape(b: tuple[int, ...], attrs: Attrs) -> tuple[int, ...]:
+    """The shape B has for the product: its own, or (k, n) when stored as panels."""
+    return unpacked_shape(b, attrs["packed_n"]) if attrs["packed_n"] else tuple(b)
+
+
+def _b_array(b: np.ndarray, attrs: Attrs) -> np.ndarray:
+    return unpack_panels(b, attrs["packed_n"]) if attrs["packed_n"] else b
+
+
 def _matmul_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
     expect_arity(types, 2)
     dtype = _numeric_dtype(types, "matmul")
-    return [TensorType(matmul_dims(types[0].shape, types[1].shape).out_shape, dtype)]
+    dims = matmul_dims(types[0].shape, b_shape(types[1].shape, attrs))
+    return [TensorType(dims.out_shape, dtype)]
 
 
-register("matmul", infer=_matmul_infer,
-         reference=lambda arrs, a: [np.matmul(arrs[0], arrs[1]).astype(arrs[0].dtype)])
+def _matmul_reference(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarray]:
+    return [np.matmul(arrs[0], _b_array(arrs[1], attrs)).astype(arrs[0].dtype)]
+
+
+register("matmul", infer=_matmul_infer, reference=_matmul_reference, attrs={"packed_n": 0})
 
 
 def gemm_dims(a: tuple[int, ...], b: tuple[int, ...], attrs: Attrs) -> tuple[int, int, int]:
     """(m, k, n) of gemm: op(a) is (m, k) and op(b) is (k, n), op transposing if asked."""
+    if attrs["packed_n"] and attrs["trans_b"]:
+        raise ShapeError("gemm with a packed B cannot also transpose it (trans_b)")
+    b = b_shape(b, attrs)
     if len(a) != 2 or len(b) != 2:
         raise ShapeError(f"gemm operands must be 2-D, got {list(a)} and {list(b)}")
     m, k = a[::-1] if attrs["trans_a"] else a
@@ -85,7 +105,7 @@ def _gemm_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:
 
 
 def _gemm_reference(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarray]:
-    a, b = arrs[0], arrs[1]
+    a, b = arrs[0], _b_array(arrs[1], attrs)
     a = a.T if attrs["trans_a"] else a
     b = b.T if attrs["trans_b"] else b
     dtype = a.dtype
@@ -98,7 +118,7 @@ def _gemm_reference(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarray]:
 # trans_b is the model's; whether a constant B is stored transposed is a layout choice made
 # later (passes/simplify.py), not by the frontend.
 register("gemm", infer=_gemm_infer, reference=_gemm_reference,
-         attrs={"alpha": 1.0, "beta": 1.0, "trans_a": False, "trans_b": False})
+         attrs={"alpha": 1.0, "beta": 1.0, "trans_a": False, "trans_b": False, "packed_n": 0})
 
 
 def _cumsum_infer(types: list[TensorType], attrs: Attrs) -> list[TensorType]:

@@ -13,7 +13,7 @@ from ..ir import Module, Node, TensorType, Value, unique_name
 from ..ops.norm import batch_norm_scale_shift
 
 
-def _new_param(mod: Module, hint: str, array: np.ndarray) -> Value:
+def new_param(mod: Module, hint: str, array: np.ndarray) -> Value:
     """A new bound param holding array, named after hint."""
     name = unique_name(hint, {v.name for v in mod.graph.values()})
     value = Value(name, TensorType.of(array))
@@ -50,8 +50,8 @@ def _fold_into_conv(mod: Module, bn: Node, scale: np.ndarray, shift: np.ndarray,
     w = w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
     b = shift if bias is None else bias * scale + shift
     conv.inputs = [conv.inputs[0],
-                   _new_param(mod, f"{conv.inputs[1].name}_bn", w.astype(dtype)),
-                   _new_param(mod, f"{bn.outputs[0].name}_bias", b.astype(dtype))]
+                   new_param(mod, f"{conv.inputs[1].name}_bn", w.astype(dtype)),
+                   new_param(mod, f"{bn.outputs[0].name}_bias", b.astype(dtype))]
     g.replace_uses(bn.outputs[0], x)
     return True
 
@@ -72,8 +72,8 @@ def fold_batch_norm(mod: Module) -> Module:
         x, dtype = node.inputs[0], node.inputs[0].type.dtype
         channel_shape = (-1,) + (1,) * (x.type.rank - 2)
         out = node.outputs[0].name
-        s = _new_param(mod, f"{out}_scale", scale.reshape(channel_shape).astype(dtype))
-        t = _new_param(mod, f"{out}_shift", shift.reshape(channel_shape).astype(dtype))
+        s = new_param(mod, f"{out}_scale", scale.reshape(channel_shape).astype(dtype))
+        t = new_param(mod, f"{out}_shift", shift.reshape(channel_shape).astype(dtype))
         mul = Node("mul", [x, s], [], {}, node.name)
         mid = Value(f"{node.outputs[0].name}_scaled", x.type, mul)
         mul.outputs = [mid]
@@ -93,6 +93,6 @@ def pretranspose_gemm_weights(mod: Module) -> Module:
         weight = mod.params.get(b.name)
         if weight is None or weight.ndim != 2:
             continue
-        node.inputs[1] = _new_param(mod, f"{node.name or b.name}_weight_t", weight.T)
+        node.inputs[1] = new_param(mod, f"{node.name or b.name}_weight_t", weight.T)
         node.attrs["trans_b"] = False
     return mod

@@ -1,8 +1,10 @@
 """C kernels of conv and conv_transpose (semantics: kiln/ops/conv.py).
 
 Tensors are row-major (N, C, *spatial). Every inner loop has a trip count known when
-compiling, so that gcc -O2 vectorizes it. conv picks one of three kernels:
-- im2col (8+ output channels per group): tiles of a matrix product weights x im2col(x);
+compiling, so that gcc -O2 vectorizes it. conv picks one of four kernels:
+- the GEMM driver (float32, 8+ output channels per group, big enough): kernels/conv_gemm.py;
+- im2col (other dtypes, 8+ output channels per group): tiles of a matrix product weights x
+  im2col(x) in C loops;
 - depthwise (one input channel per group): over a padded local copy of the input plane;
 - rows (the rest, and conv_transpose): a tile of one output row for a few output channels
   in a local accumulator, each kernel tap over the row range it reaches.
@@ -13,8 +15,9 @@ local arrays are declared inside the split loops, so each thread has its own.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
 
+from .conv_gemm import sgemm_conv, sgemm_worth_conv
+from .geometry import ConvGeometry, ceil_div
 from .loops import ROW_TILE, Plane, flat_index, indent, loop, nest, out_index
 from .registry import (
     ALIGNED,
@@ -29,6 +32,13 @@ from .registry import (
 GEMM_MIN_CHANNELS = 8  # output channels per group from which conv takes the im2col kernel
 ACC_BYTES = 32 * 1024  # im2col conv: accumulator tile (output channels x positions)
 COL_BYTES = 16 * 1024  # im2col conv: input tile (reduction rows x positions)
+# depthwise conv: kernels with at most this many taps sum them all in one loop over a row
+DEPTHWISE_UNROLLED_TAPS = 25
+# ... and, with 2-D planes, one loop over the whole padded plane (sums of at most this many
+# bytes), if stride 1 (the padding columns are the only waste) or rows shorter than
+# DEPTHWISE_FLAT_BELOW (then half of what is computed is dropped, but it all vectorizes)
+DEPTHWISE_FLAT_BYTES = 64 * 1024
+DEPTHWISE_FLAT_BELOW = 16
 CHANNEL_BLOCKS = (4, 2, 1)  # row kernel: output channels computed together (first divisor)
 # im2col conv, for threads: a kernel worth threads gets narrower tiles (down to TILE_MIN_SPLIT
 # positions) until it has TILE_SPLIT_TRIPS; then, with fewer tiles than threads, its groups
@@ -38,63 +48,6 @@ TILE_MIN_SPLIT = 64
 TILE_SPLIT_TRIPS = 2
 PART_MIN_CHANNELS = 8
 PART_MIN_WORK = 1 << 18
-
-
-def _ceil_div(a: str, b: int) -> str:
-    """C expression: ceil(a / b) for any int64 a and a positive constant b."""
-    if b == 1:
-        return f"({a})"
-    return f"(({a}) > 0 ? (({a}) + {b - 1}) / {b} : -((-({a})) / {b}))"
-
-
-@dataclass(frozen=True)
-class ConvGeometry:
-    """A conv's shapes and window as plain ints, computed once from the node's types and attrs
-    (for conv_transpose, in_size is the input's and out_size the output's, as for conv)."""
-
-    batch: int
-    in_channels: int
-    out_channels: int
-    group: int
-    in_size: tuple[int, ...]  # the input's spatial shape
-    kernel: tuple[int, ...]  # the weight's spatial shape
-    out_size: tuple[int, ...]  # the output's spatial shape
-    strides: tuple[int, ...]
-    dilations: tuple[int, ...]
-    pad_begins: tuple[int, ...]
-    pad_ends: tuple[int, ...]
-
-    @classmethod
-    def of(cls, ctx: KernelContext) -> ConvGeometry:
-        x, w, y = ctx.in_types[0].shape, ctx.in_types[1].shape, ctx.out_types[0].shape
-        a, nd = ctx.attrs, len(x) - 2
-        return cls(x[0], x[1], y[1], a["group"], tuple(x[2:]), tuple(w[2:]), tuple(y[2:]),
-                   tuple(a["strides"]), tuple(a["dilations"]), tuple(a["pads"][:nd]),
-                   tuple(a["pads"][nd:]))
-
-    @property
-    def rank(self) -> int:
-        """Number of spatial dims."""
-        return len(self.in_size)
-
-    @property
-    def in_per_group(self) -> int:
-        return self.in_channels // self.group
-
-    @property
-    def out_per_group(self) -> int:
-        return self.out_channels // self.group
-
-    def as_row(self) -> ConvGeometry:
-        """A pointwise conv (1x1 kernel, stride 1, no padding) seen as one long 1-D row, so
-        the row kernel's tile spans whole planes; any other conv unchanged."""
-        pointwise = all(k == 1 for k in self.kernel) and all(s == 1 for s in self.strides) \
-            and not any(self.pad_begins + self.pad_ends)
-        if not pointwise or self.rank < 2:
-            return self
-        size = math.prod(self.in_size)
-        return replace(self, in_size=(size,), kernel=(1,), out_size=(size,), strides=(1,),
-                       dilations=(1,), pad_begins=(0,), pad_ends=(0,))
 
 
 def _channel_block(per_group: int) -> int:
@@ -117,15 +70,15 @@ def _last_dim_taps(t: str, g: ConvGeometry, mb: int, w_step: int, transposed: bo
     sl, dl, pl, il = g.strides[-1], g.dilations[-1], g.pad_begins[-1], g.in_size[-1]
     weights = "\n".join(f"const {t} w{j} = wr[kl + {j * w_step}];" for j in range(mb))
     if transposed:  # output ol = il * s + off
-        bounds = (f"int64_t lo = {_ceil_div('t0 - off', sl)};\nif (lo < 0) lo = 0;\n"
-                  f"int64_t hi = {_ceil_div('t0 + tn - off', sl)};\n"
+        bounds = (f"int64_t lo = {ceil_div('t0 - off', sl)};\nif (lo < 0) lo = 0;\n"
+                  f"int64_t hi = {ceil_div('t0 + tn - off', sl)};\n"
                   f"if (hi > {il}) hi = {il};")
         update = "\n".join(f"acc[{j}][il * {sl} + off - t0] += w{j} * xv;" for j in range(mb))
         inner = loop("il", "hi", f"const {t} xv = xr[il];\n{update}", start="lo")
     else:  # input il = ol * s + off
-        bounds = (f"int64_t lo = off >= 0 ? 0 : {_ceil_div('-off', sl)};\n"
+        bounds = (f"int64_t lo = off >= 0 ? 0 : {ceil_div('-off', sl)};\n"
                   f"if (lo < t0) lo = t0;\n"
-                  f"int64_t hi = {il} - off <= 0 ? 0 : {_ceil_div(f'{il} - off', sl)};\n"
+                  f"int64_t hi = {il} - off <= 0 ? 0 : {ceil_div(f'{il} - off', sl)};\n"
                   f"if (hi > t0 + tn) hi = t0 + tn;")
         update = "\n".join(f"acc[{j}][ol - t0] += w{j} * xv;" for j in range(mb))
         inner = loop("ol", "hi", f"const {t} xv = xr[ol * {sl} + off];\n{update}", start="lo")
@@ -314,18 +267,76 @@ def _im2col_conv(ctx: KernelContext) -> str:
     return _tile_loops(g, positions, tile, body, work)
 
 
+def _depthwise_rows(ctx: KernelContext, g: ConvGeometry, plane: Plane, bias: str) -> str:
+    """C: the output rows of channel m, each one loop over its columns summing every tap
+    (few enough to unroll: the sum stays in a register, and the loop vectorizes)."""
+    t, out = ctx.t(0), g.out_size
+    taps = math.prod(g.kernel)
+    weights = "".join(f"const {t} w{k} = wc[{k}];\n" for k in range(taps))
+    at = "ol" if plane.split > 1 else f"ol * {g.strides[-1]}"
+    total = " + ".join([bias] + [f"w{k} * xr{k}[{at}]" for k in range(taps)])
+    plane_index = f"n * {g.out_channels} + g * {g.out_per_group} + m"
+    row = flat_index([f"o{j}" for j in range(g.rank - 1)], out[:-1])
+    outer = f"({plane_index}) * {math.prod(out[:-1])} + {row}"
+    store = ctx.store_row(out[-1], f"({outer}) * {out[-1]} + ol", f"({outer})", "ol", "v")
+    if _flat_fits(ctx, g, plane):
+        return weights + _depthwise_flat(ctx, g, plane, bias, store)
+    body = ("\n".join(plane.tap_pointers(ctx, g.kernel)) + "\n"
+            + loop("ol", out[-1], f"const {t} v = {total};\n{store}"))
+    return weights + nest([(f"o{j}", out[j]) for j in range(g.rank - 1)], body)
+
+
+def _flat_taps(g: ConvGeometry, plane: Plane) -> tuple[int, list[int]]:
+    """_depthwise_flat's sum count and tap offsets in the padded plane."""
+    pw = plane.width
+    count = (g.out_size[0] - 1) * pw + g.out_size[1]
+    offsets = [k0 * g.dilations[0] * pw + k1 * g.dilations[1]
+               for k0 in range(g.kernel[0]) for k1 in range(g.kernel[1])]
+    return count, offsets
+
+
+def _flat_fits(ctx: KernelContext, g: ConvGeometry, plane: Plane) -> bool:
+    """Whether a depthwise conv takes _depthwise_flat: 2-D, one stride for both dims (1, or
+    rows shorter than DEPTHWISE_FLAT_BELOW), its sums small, and every read in the plane."""
+    if g.rank != 2 or plane.split != 1 or g.strides[0] != g.strides[1]:
+        return False
+    if g.strides[0] != 1 and g.out_size[1] >= DEPTHWISE_FLAT_BELOW:
+        return False
+    count, offsets = _flat_taps(g, plane)
+    return (count * ctx.in_types[0].itemsize <= DEPTHWISE_FLAT_BYTES
+            and (count - 1) * g.strides[0] + max(offsets) < plane.size)
+
+
+def _depthwise_flat(ctx: KernelContext, g: ConvGeometry, plane: Plane, bias: str,
+                    store: str) -> str:
+    """C: a 2-D depthwise plane (one stride along both dims) as one loop over q = o0 * PW +
+    ol with PW the padded row: tap (k0, k1) reads xp[q * stride + k0 * PW + k1] (a row's
+    last columns wrap into the next: sums computed there are dropped, and every read stays
+    in the plane, whose extent fits the window); then each row stored."""
+    t, out, s, pw = ctx.t(0), g.out_size, g.strides[-1], plane.width
+    count, offsets = _flat_taps(g, plane)
+    total = " + ".join([bias] + [f"w{k} * xp[q * {s} + {off}]" for k, off in enumerate(offsets)])
+    return (f"{t} sums[{count}] {ALIGNED};\n" + loop("q", count, f"sums[q] = {total};") + "\n"
+            + loop("o0", out[0], loop("ol", out[1], f"const {t} v = sums[o0 * {pw} + ol];\n"
+                                                   f"{store}")))
+
+
 def _depthwise_conv(ctx: KernelContext, g: ConvGeometry, plane: Plane) -> str:
     """conv with one input channel per group, over its zero-padded local copy."""
     t, mg, zero = ctx.t(0), g.out_per_group, lit(0, ctx.in_types[0].dtype)
-    tap = (f"const {t} wv = wc[kidx];\n"
-           + loop("ol", g.out_size[-1], "acc[ol] += wv * xr[ol];"))
     bias = f"{ctx.ins[2]}[g * {mg} + m]" if len(ctx.ins) == 3 else zero
-    store = ctx.store(out_index(ctx, f"n * {g.out_channels} + g * {mg} + m"), "acc[ol]")
     weights = f"const {t}* restrict wc = {ctx.ins[1]} + (g * {mg} + m) * {math.prod(g.kernel)};\n"
+    if math.prod(g.kernel) <= DEPTHWISE_UNROLLED_TAPS:
+        rows = _depthwise_rows(ctx, g, plane, bias)
+    else:
+        tap = (f"const {t} wv = wc[kidx];\n"
+               + loop("ol", g.out_size[-1], "acc[ol] += wv * xr[ol];"))
+        store = ctx.store(out_index(ctx, f"n * {g.out_channels} + g * {mg} + m"), "acc[ol]")
+        rows = plane.rows(ctx, g.kernel, bias, tap, store)
     channel = (f"const {t}* restrict xc = {ctx.ins[0]} + (n * {g.in_channels} + g) * "
                f"{math.prod(g.in_size)};\n"
                + plane.fill(zero) + "\n"
-               + loop("m", mg, weights + plane.rows(ctx, g.kernel, bias, tap, store)))
+               + loop("m", mg, weights + rows))
     work = (g.batch * g.out_channels * math.prod(g.out_size) * math.prod(g.kernel)
             + g.batch * g.group * plane.size)
     return parallel_for(work, g.batch * g.group, collapse=2) \
@@ -335,9 +346,10 @@ def _depthwise_conv(ctx: KernelContext, g: ConvGeometry, plane: Plane) -> str:
 @kernel("conv")
 def _conv(ctx: KernelContext) -> str:
     g = ConvGeometry.of(ctx)
-    if g.out_per_group >= GEMM_MIN_CHANNELS:
-        return _im2col_conv(ctx)
-    plane = Plane.of(ctx, g.kernel)
+    if g.packed or g.out_per_group >= GEMM_MIN_CHANNELS:
+        return sgemm_conv(ctx, g) if sgemm_worth_conv(ctx, g) else _im2col_conv(ctx)
+    # Unrolled taps read a whole padded row `stride` apart (filling a split plane costs more).
+    plane = Plane.of(ctx, g.kernel, split=math.prod(g.kernel) > DEPTHWISE_UNROLLED_TAPS)
     if g.in_per_group == 1 and plane.fits(ctx):
         return _depthwise_conv(ctx, g, plane)
     return _row_kernel(ctx, transposed=False)

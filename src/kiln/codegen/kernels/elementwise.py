@@ -8,8 +8,18 @@ made), the operand dtypes and the output dtype, and returns a C expression.
 from __future__ import annotations
 
 from ...ops.elementwise import GELU_TANH_CUBIC, SOFTPLUS_LINEAR_ABOVE
-from .registry import ctype, expression, is_float, lit
-from .registry import mathfn as fn
+from .registry import ctype, expression, is_float, lit, mathfn
+
+# float32 exp, erf and tanh from the prelude (branch-free: loops calling them vectorize, as a
+# GEMM's GELU or SiLU epilogue does; <= 7 ulp); libm for the other float types.
+PRELUDE_F32 = {"exp": "kiln_expf", "erf": "kiln_erff", "tanh": "kiln_tanhf"}
+
+
+def fn(name: str, dtype: str) -> str:
+    """The C function computing math function `name` in dtype."""
+    if dtype == "float32" and name in PRELUDE_F32:
+        return PRELUDE_F32[name]
+    return mathfn(name, dtype)
 
 
 def _unary_math(op: str, libm: str) -> None:
@@ -43,7 +53,10 @@ def _sigmoid(a, at, dt, out):
 
 
 def _clamp01(x: str, dt: str) -> str:
-    return f"{fn('fmin', dt)}({fn('fmax', dt)}({x}, {lit(0, dt)}), {lit(1, dt)})"
+    """fmin(fmax(x, 0), 1) (NaN gives 0) as comparisons, which vectorize (libm calls do not)."""
+    zero, one = lit(0, dt), _one(dt)
+    low = f"({x} > {zero} ? {x} : {zero})"
+    return f"({low} < {one} ? {low} : {one})"
 
 
 @expression("hard_sigmoid")

@@ -1,10 +1,13 @@
 """C kernels of the linalg ops (semantics: kiln/ops/linalg.py).
 
-matmul and gemm share one renderer: for each batch and each block of NB output columns,
-MR output rows accumulate in a local array with the k loop outside the contiguous j loop
-(so gcc vectorizes j), then each element is stored once, through the epilogue. Threads
-split the (batch, column block, row block) iterations; cumsum and trilu split independent
-columns and rows.
+matmul and gemm share two renderers. float32 products worth it (kiln/ops/layout.py) call the
+GEMM driver (kiln/codegen/gemm.py) once per batch and part of the output, with B in column
+panels when the packing pass stored it so (`packed_n`); bias, alpha, beta and the fused
+chain run per finished tile (kernels/sgemm.py). Other products: for each batch and each block
+of NB output columns, MR output rows accumulate in a local array with the k loop outside the
+contiguous j loop (so gcc vectorizes j), then each element is stored once, through the
+epilogue. Threads split the (batch, column block, row block) iterations; cumsum and trilu
+split independent columns and rows.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ...ops.linalg import gemm_dims, matmul_dims
+from ...ops.layout import PANEL, sgemm_worth
+from ...ops.linalg import b_shape, gemm_dims, matmul_dims
 from .loops import indent
 from .registry import (
     PARALLEL_TRIPS,
@@ -25,6 +29,7 @@ from .registry import (
     parallel_for,
     worth_threads,
 )
+from .sgemm import Call, Value, split, tile_epilogue, writes_raw
 
 MR = 8  # output rows per block
 PANEL_BYTES = 256 * 1024  # the k x NB panel of B a column block reuses across row blocks
@@ -49,6 +54,7 @@ class _Product:
     b_offset: str
     trans_a: bool = False
     trans_b: bool = False
+    packed: bool = False  # B (one for every batch) in column panels
 
 
 def _column_block(p: _Product, itemsize: int) -> int:
@@ -70,6 +76,8 @@ def _block(ctx: KernelContext, p: _Product, nb: int, value: Callable[[str], str]
     acc = _acc_type(ctx.in_types[0].dtype, ctx.t(0))
     a_elem = f"pa[k * {p.m} + i0 + r]" if p.trans_a else f"pa[(i0 + r) * {p.k} + k]"
     b_elem = f"pb[(j0 + j) * {p.k} + k]" if p.trans_b else f"pb[k * {p.n} + j0 + j]"
+    if p.packed:  # column panels (kiln/ops/layout.py)
+        b_elem = f"pb[(j0 + j) / {PANEL} * {p.k * PANEL} + k * {PANEL} + (j0 + j) % {PANEL}]"
     rows = min(MR, p.m)
     store = ctx.store("o", value("acc[r][j]"))
     return f"""{acc} acc[{rows}][{nb}];
@@ -113,18 +121,49 @@ def _render_product(ctx: KernelContext, p: _Product, value: Callable[[str], str]
             f"for (int64_t i0 = 0; i0 < {p.m}; i0 += {rows}) {{\n{indent(body)}\n}}")
 
 
+def _on_driver(ctx: KernelContext, p: _Product) -> bool:
+    """Whether the product runs on the GEMM driver: float32 worth it or B packed for it, if
+    the output stores float32 (else the C loops, which read packed B too)."""
+    return (p.packed or sgemm_worth(ctx.in_types[0].dtype, p.m, p.k, p.n)) and writes_raw(ctx)
+
+
+def _sgemm_product(ctx: KernelContext, p: _Product, value: Value | None) -> str:
+    """The kernel body of a float32 batched product on the GEMM driver: one call per batch
+    and part (rows x cols) of the output; threads split the parts."""
+    rows, cols = split(p.batch, p.m, p.n, p.batch * p.m * p.n * p.k)
+    a_rs, a_cs = (1, p.m) if p.trans_a else (p.k, 1)
+    b_rs, b_cs = (1, p.k) if p.trans_b else (p.n, 1)
+    origin = f"b * {p.m * p.n} + i0 * {p.n} + j0"
+    b = {"b_panels": f"{ctx.ins[1]} + j0 / {PANEL} * {p.k * PANEL}",
+         "panel_stride": str(p.k * PANEL)} if p.packed else \
+        {"b": f"{ctx.ins[1]} + {p.b_offset} + j0 * {b_cs}", "b_rs": str(b_rs), "b_cs": str(b_cs)}
+    call = Call(m="mn", n="nn", k=str(p.k), a=f"{ctx.ins[0]} + {p.a_offset} + i0 * {a_rs}",
+                a_rs=str(a_rs), a_cs=str(a_cs), c=f"{ctx.outs[0]} + {origin}", ldc=str(p.n),
+                epilogue=tile_epilogue(ctx, p.n, value), origin=origin, row="i0", col="j0", **b)
+    body = (f"const int64_t mn = {p.m} - i0 < {rows} ? {p.m} - i0 : {rows};\n"
+            f"const int64_t nn = {p.n} - j0 < {cols} ? {p.n} - j0 : {cols};\n{call.render()}")
+    trips = p.batch * -(-p.m // rows) * -(-p.n // cols)
+    return (parallel_for(p.batch * p.m * p.n * p.k, trips, collapse=3)
+            + f"for (int64_t b = 0; b < {p.batch}; ++b)\n"
+            f"for (int64_t i0 = 0; i0 < {p.m}; i0 += {rows})\n"
+            f"for (int64_t j0 = 0; j0 < {p.n}; j0 += {cols}) {{\n{indent(body)}\n}}")
+
+
 @kernel("matmul")
 def _matmul(ctx: KernelContext) -> str:
-    d = matmul_dims(ctx.in_types[0].shape, ctx.in_types[1].shape)
+    d = matmul_dims(ctx.in_types[0].shape, b_shape(ctx.in_types[1].shape, ctx.attrs))
     batch = math.prod(d.batch)
     if math.prod(d.b_batch) == 1 and math.prod(d.a_batch) == batch:
         # One B for every batch: A's batches stack into one tall matrix, as the output's do.
-        p = _Product(batch=1, m=batch * d.m, k=d.k, n=d.n, a_offset="0", b_offset="0")
+        p = _Product(batch=1, m=batch * d.m, k=d.k, n=d.n, a_offset="0", b_offset="0",
+                     packed=bool(ctx.attrs["packed_n"]))
     else:
         a_off = broadcast_index(d.a_batch, d.batch, "b")
         b_off = broadcast_index(d.b_batch, d.batch, "b")
         p = _Product(batch=batch, m=d.m, k=d.k, n=d.n, a_offset=f"({a_off}) * {d.m * d.k}",
                      b_offset=f"({b_off}) * {d.k * d.n}")
+    if _on_driver(ctx, p):
+        return _sgemm_product(ctx, p, None)
     return _render_product(ctx, p, lambda acc: _narrow(ctx, acc))
 
 
@@ -138,7 +177,10 @@ def _narrow(ctx: KernelContext, value: str) -> str:
 def _gemm(ctx: KernelContext) -> str:
     m, k, n = gemm_dims(ctx.in_types[0].shape, ctx.in_types[1].shape, ctx.attrs)
     p = _Product(batch=1, m=m, k=k, n=n, a_offset="0", b_offset="0",
-                 trans_a=bool(ctx.attrs["trans_a"]), trans_b=bool(ctx.attrs["trans_b"]))
+                 trans_a=bool(ctx.attrs["trans_a"]), trans_b=bool(ctx.attrs["trans_b"]),
+                 packed=bool(ctx.attrs["packed_n"]))
+    if _on_driver(ctx, p):
+        return _sgemm_product(ctx, p, _gemm_tile_value(ctx, m, n))
     dtype = ctx.out_types[0].dtype
     acc = _acc_type(dtype, ctx.ot(0))
     alpha, beta = lit(ctx.attrs["alpha"], dtype), lit(ctx.attrs["beta"], dtype)
@@ -151,6 +193,26 @@ def _gemm(ctx: KernelContext) -> str:
         return _narrow(ctx, v)
 
     return _render_product(ctx, p, value)
+
+
+def _gemm_tile_value(ctx: KernelContext, m: int, n: int) -> Value | None:
+    """gemm's alpha * AB + beta * C on the driver's raw products (C broadcast by row and
+    column), or None when that is AB itself."""
+    alpha, beta = ctx.attrs["alpha"], ctx.attrs["beta"]
+    if alpha == 1 and len(ctx.ins) < 3:
+        return None
+    c_shape = (1, 1, *ctx.in_types[2].shape)[-2:] if len(ctx.ins) == 3 else (1, 1)
+
+    def value(raw: str, row: str, col: str) -> str:
+        v = raw if alpha == 1 else f"{lit(alpha, 'float32')} * {raw}"
+        if len(ctx.ins) == 3:
+            at = [f"{row} * {c_shape[1]}" if c_shape[0] > 1 else "",
+                  col if c_shape[1] > 1 else ""]
+            c = f"{ctx.ins[2]}[{' + '.join(t for t in at if t) or '0'}]"
+            v = f"{v} + {c}" if beta == 1 else f"{v} + {lit(beta, 'float32')} * {c}"
+        return v
+
+    return value
 
 
 @kernel("cumsum")

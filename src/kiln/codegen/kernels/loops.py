@@ -4,6 +4,7 @@ padded local copy of an input plane that depthwise conv and the pools read.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -54,13 +55,15 @@ class Plane:
     split: int
 
     @classmethod
-    def of(cls, ctx: KernelContext, kernel: tuple[int, ...]) -> Plane:
+    def of(cls, ctx: KernelContext, kernel: tuple[int, ...], *, split: bool = True) -> Plane:
+        """The plane of ctx's input for a window of kernel; split=False keeps rows whole
+        (a tap then reads its columns `stride` apart)."""
         shape, out = ctx.in_types[0].shape[2:], ctx.out_types[0].shape[2:]
         a, nd = ctx.attrs, len(kernel)
         padded = tuple(max(shape[j] + a["pads"][j] + a["pads"][nd + j],
                            window_extent(out[j], kernel[j], a["strides"][j], a["dilations"][j]))
                        for j in range(nd))
-        return cls(tuple(shape), padded, tuple(a["pads"][:nd]), a["strides"][-1])
+        return cls(tuple(shape), padded, tuple(a["pads"][:nd]), a["strides"][-1] if split else 1)
 
     @property
     def width(self) -> int:
@@ -110,6 +113,21 @@ class Plane:
         body = (f"{t} acc[{out[-1]}] {ALIGNED};\n" + loop("ol", out[-1], f"acc[ol] = {init};")
                 + f"\n{taps}\n" + loop("ol", out[-1], store))
         return nest([(f"o{j}", out[j]) for j in range(nd - 1)], body)
+
+
+    def tap_pointers(self, ctx: KernelContext, kernel: tuple[int, ...]) -> list[str]:
+        """C declarations, for the output row (o0, ...), of xr<t> for each kernel tap t (flat
+        index): tap t reads xr<t>[ol] for output column ol (xr<t>[ol * stride] in a plane
+        that is not split)."""
+        a, t = ctx.attrs, ctx.t(0)
+        nd = len(kernel)
+        lines = []
+        for flat, tap in enumerate(itertools.product(*map(range, kernel))):
+            row = flat_index([f"(o{j} * {a['strides'][j]} + {tap[j] * a['dilations'][j]})"
+                              for j in range(nd - 1)], self.padded[:-1])
+            start = self._at(row, str(tap[-1] * a["dilations"][-1]))
+            lines.append(f"const {t}* restrict xr{flat} = xp + {start};")
+        return lines
 
 
 def out_index(ctx: KernelContext, plane: str) -> str:

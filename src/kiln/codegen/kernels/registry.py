@@ -166,6 +166,27 @@ def broadcast_index(in_shape: tuple[int, ...], out_shape: tuple[int, ...], i: st
     return " + ".join(terms) if terms else "0"
 
 
+def row_index(in_shape: tuple[int, ...], out_shape: tuple[int, ...], ld: int, outer: str,
+              inner: str, i: str) -> str:
+    """C expression: broadcast_index of the output element at row `outer`, column `inner` of
+    out_shape seen as rows of ld elements, from those two without dividing, when ld is the
+    size of a suffix of out_shape's dims; else broadcast_index from the flat index i."""
+    split = next((d for d in range(len(out_shape) + 1)
+                  if math.prod(out_shape[d:]) == ld), None)
+    if split is None:
+        return broadcast_index(in_shape, out_shape, i)
+    full = (1,) * (len(out_shape) - len(in_shape)) + tuple(in_shape)
+    lead = broadcast_index(full[:split], tuple(out_shape[:split]), outer)
+    trail = broadcast_index(full[split:], tuple(out_shape[split:]), inner)
+    width = math.prod(full[split:])
+    terms = []
+    if lead != "0":
+        terms.append(f"({lead}) * {width}" if width != 1 else f"({lead})")
+    if trail != "0":
+        terms.append(f"({trail})")
+    return " + ".join(terms) or "0"
+
+
 @dataclass
 class KernelContext:
     """What a template needs: the anchor's types and attrs, names, and the store hook."""
@@ -177,6 +198,25 @@ class KernelContext:
     outs: list[str] = field(default_factory=list)
     # Set by the renderer: wraps a computed value with the fused epilogue.
     epilogue: Callable[[str, str], str] | None = None
+    # Set by the renderer: (ld, index, outer, inner, value) -> the epilogue applied to value,
+    # its operands indexed by row and column of rows of ld elements (see store_row).
+    row_epilogue: Callable[[int, str, str, str, str], str] | None = None
+    # Set by the renderer: the types the outputs are stored as (out0 is the epilogue's result:
+    # its dtype may differ from the anchor's); empty means out_types.
+    stored_types: list[TensorType] = field(default_factory=list)
+    # Set by the renderer: the C lines declaring in*, ex* and out* from `args`, for helper
+    # functions that need the kernel's arguments (a GEMM tile epilogue gets `args` back).
+    unpack: str = ""
+    # Filled by the template: C definitions placed before the kernel function (static helpers).
+    helpers: list[str] = field(default_factory=list)
+
+    def store_row(self, ld: int, index: str, outer: str, inner: str, value: str) -> str:
+        """ctx.store(index, value) for the element at row `outer`, column `inner` of the output
+        seen as rows of ld elements: the chain's operands are indexed from those without a
+        division per element (so the loop over inner vectorizes)."""
+        if self.row_epilogue is not None:
+            return f"{self.outs[0]}[{index}] = {self.row_epilogue(ld, index, outer, inner, value)};"
+        return self.store(index, value)
 
     def store(self, index: str, value: str, out: int = 0) -> str:
         """C statement writing value at flat index of output `out` (through the epilogue)."""
@@ -252,22 +292,47 @@ def expression(op: str) -> Callable[[ExprFn], ExprFn]:
     return wrap
 
 
+def broadcast_rows(in_shapes: Sequence[tuple[int, ...]], out_shape: tuple[int, ...]) -> int:
+    """The longest run of out_shape's last dims that every input either has whole or not at
+    all (all 1), as a count of elements: over a row of that many, each input is read
+    contiguously or is one value. 1 if there is none (or every input is whole: no rows)."""
+    for length in range(len(out_shape) - 1, 0, -1):
+        tail = tuple(out_shape[-length:])
+        ins = [(1,) * (len(out_shape) - len(s)) + tuple(s) for s in in_shapes]
+        if all(s[-length:] in (tail, (1,) * length) for s in ins):
+            return math.prod(tail)
+    return 1
+
+
 def _elementwise_template(op: str) -> TemplateFn:
-    """The kernel of a lone elementwise op: one loop over the output, broadcast loads."""
+    """The kernel of a lone elementwise op: one loop over the output, broadcast loads; by rows
+    when an input is broadcast along the leading dims only (a per-channel scale), so the
+    loop over a row vectorizes (no division per element)."""
 
     def template(ctx: KernelContext) -> str:
         out = ctx.out_types[0]
-        loads = [
-            f"const {ctx.t(k)} x{k} = {name}[{broadcast_index(t.shape, out.shape, 'i')}];"
-            for k, (name, t) in enumerate(zip(ctx.ins, ctx.in_types, strict=True))
-        ]
+        shapes = [t.shape for t in ctx.in_types]
         expr = get_expression(op)(
             [f"x{k}" for k in range(len(ctx.ins))], ctx.attrs,
             [t.dtype for t in ctx.in_types], out.dtype,
         )
-        body = "\n    ".join(loads + [ctx.store("i", expr)])
-        return (parallel_for(out.numel * expression_work(expr), out.numel)
-                + f"for (int64_t i = 0; i < {out.numel}; ++i) {{\n    {body}\n}}")
+        ld = broadcast_rows(shapes, out.shape)
+        if ld == 1 or all(tuple(s) == tuple(out.shape) or math.prod(s) == 1 for s in shapes):
+            loads = [f"const {ctx.t(k)} x{k} = {name}[{broadcast_index(s, out.shape, 'i')}];"
+                     for k, (name, s) in enumerate(zip(ctx.ins, shapes, strict=True))]
+            body = "\n    ".join(loads + [ctx.store("i", expr)])
+            return (parallel_for(out.numel * expression_work(expr), out.numel)
+                    + f"for (int64_t i = 0; i < {out.numel}; ++i) {{\n    {body}\n}}")
+        loads = [f"const {ctx.t(k)} x{k} = "
+                 f"{name}[{row_index(s, out.shape, ld, 'outer', 'inner', 'i')}];"
+                 for k, (name, s) in enumerate(zip(ctx.ins, shapes, strict=True))]
+        body = "\n        ".join([f"const int64_t i = outer * {ld} + inner;", *loads,
+                                  ctx.store_row(ld, "i", "outer", "inner", expr)])
+        rows = out.numel // ld
+        return (parallel_for(out.numel * expression_work(expr), rows)
+                + f"for (int64_t outer = 0; outer < {rows}; ++outer) {{\n"
+                f"    for (int64_t inner = 0; inner < {ld}; ++inner) {{\n        {body}\n"
+                "    }\n}")
 
     return template
 
