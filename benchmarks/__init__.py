@@ -1,0 +1,1 @@
+"""kiln's benchmarks: `python -m benchmarks.run` (the runner) and bench_load.py."""
