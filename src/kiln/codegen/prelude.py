@@ -106,7 +106,16 @@ SUPPORT_SOURCE = r"""#define _GNU_SOURCE
 #include <sys/mman.h>
 #include <unistd.h>
 
-void kiln_set_num_threads(int n) { omp_set_num_threads(n > 0 ? n : 1); }
+void kiln_set_num_threads(int n) {
+    static volatile int pool; /* the thread count whose OpenMP pool has been started */
+    n = n > 0 ? n : 1;
+    omp_set_num_threads(n);
+    if (n > 1 && n != pool) { /* start the threads now, not inside the first run's kernels */
+#pragma omp parallel
+        { }
+        pool = n;
+    }
+}
 int kiln_max_threads(void) { return omp_get_max_threads(); }
 
 #define KILN_GUARD_SLOTS 64

@@ -63,6 +63,7 @@ class Executor:
         self.num_threads = dev.threads()  # fixed at creation, applied before each run
         self.native_calls = 0  # native calls made by run(), for tests and profiling
         self._set_threads = _native(lib, "kiln_set_num_threads", [ctypes.c_int])
+        self._set_threads(self.num_threads)  # threads start now, not in the first run
         try:
             self._setup(lib.manifest["models"][name])
         except (KeyError, IndexError, TypeError, ValueError) as e:
