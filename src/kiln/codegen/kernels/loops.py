@@ -15,9 +15,11 @@ ROW_TILE = 256  # conv row kernel, lrn: elements of one row kept in a local arra
 PLANE_BYTES = 256 * 1024  # depthwise conv, pools: largest padded plane copied to the stack
 
 
-def loop(var: str, count: int | str, body: str, *, start: int | str = 0) -> str:
-    """C: a for loop of int64_t var from start up to count, around body."""
-    return f"for (int64_t {var} = {start}; {var} < {count}; ++{var}) {{\n{indent(body)}\n}}"
+def loop(var: str, count: int | str, body: str, *, start: int | str = 0,
+         step: int = 1) -> str:
+    """C: a for loop of int64_t var from start up to count (by step), around body."""
+    advance = f"++{var}" if step == 1 else f"{var} += {step}"
+    return (f"for (int64_t {var} = {start}; {var} < {count}; {advance}) {{\n{indent(body)}\n}}")
 
 
 def indent(text: str) -> str:
