@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 import kiln
 from kiln.ir import TensorType
-from kiln.ops import GraphBuilder, get_op
-from tests.util import check_op
+from kiln.ops import GraphBuilder
+from tests.util import check_op, ir_reference
 
 UNARY = ["relu", "sigmoid", "tanh", "neg", "abs", "exp", "hard_swish", "softplus", "erf"]
 BINARY = ["add", "sub", "mul", "max", "min"]
@@ -48,14 +48,6 @@ def elementwise_graph(draw):
     return mod, b.constants, feeds
 
 
-def _reference(mod, consts, feeds):
-    env = {**consts, **feeds}
-    for node in mod.graph.nodes:
-        results = get_op(node.op).reference([env[v.name] for v in node.inputs], node.attrs)
-        env.update({v.name: r for v, r in zip(node.outputs, results, strict=True)})
-    return [env[v.name] for v in mod.graph.outputs]
-
-
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(elementwise_graph())
 def test_compiled_graph_matches_reference(case):
@@ -65,7 +57,7 @@ def test_compiled_graph_matches_reference(case):
     gmod = kiln.GraphModule(lib["default"](kiln.cpu(0)))
     gmod.set_input(**feeds)
     gmod.run()
-    for k, want in enumerate(_reference(mod, consts, feeds)):
+    for k, want in enumerate(ir_reference(mod, {**consts, **feeds})):
         np.testing.assert_allclose(gmod.get_output(k), want, rtol=1e-5, atol=1e-6)
 
 

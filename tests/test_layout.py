@@ -9,21 +9,13 @@ import pytest
 
 from kiln.errors import ShapeError
 from kiln.ir import Module, TensorType
-from kiln.ops import GraphBuilder, get_op, verify
+from kiln.ops import GraphBuilder, verify
 from kiln.ops.layout import PANEL, unpack_panels
 from kiln.passes.layout import pack_gemm_weights
 from kiln.passes.simplify import pretranspose_gemm_weights
+from tests.util import ir_reference
 
 RNG = np.random.default_rng(3)
-
-
-def _run(mod: Module, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """The module's outputs computed node by node with the ops' NumPy references."""
-    env = {**inputs, **mod.params}
-    for node in mod.graph.nodes:
-        results = get_op(node.op).reference([env[v.name] for v in node.inputs], node.attrs)
-        env.update({v.name: r for v, r in zip(node.outputs, results, strict=True)})
-    return [env[v.name] for v in mod.graph.outputs]
 
 
 def _module(op: str, x_shape: tuple[int, ...], weight: np.ndarray, **attrs) -> Module:
@@ -44,7 +36,7 @@ def test_constant_b_is_packed_and_means_the_same(op, x_shape, attrs):
     weight = RNG.standard_normal((64, 70)).astype(np.float32)
     mod = _module(op, x_shape, weight, **attrs)
     x = RNG.standard_normal(x_shape).astype(np.float32)
-    want = _run(mod, {"x": x})
+    want = ir_reference(mod, {"x": x})
     out = pack_gemm_weights(mod.copy())
     verify(out)
     node = out.graph.nodes[0]
@@ -52,7 +44,7 @@ def test_constant_b_is_packed_and_means_the_same(op, x_shape, attrs):
     packed = out.params[node.inputs[1].name]
     assert packed.shape == (3, 64, PANEL) and packed.flags.c_contiguous
     np.testing.assert_array_equal(unpack_panels(packed, 70), weight)
-    np.testing.assert_allclose(_run(out, {"x": x})[0], want[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ir_reference(out, {"x": x})[0], want[0], rtol=1e-6, atol=1e-6)
 
 
 def test_a_transposed_gemm_weight_is_packed_after_pretranspose():

@@ -6,18 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from kiln.ir import Module, TensorType
-from kiln.ops import GraphBuilder, get_op, verify
+from kiln.ops import GraphBuilder, verify
 from kiln.ops.norm import batch_norm_scale_shift
 from kiln.passes.simplify import fold_batch_norm, pretranspose_gemm_weights
-
-
-def _run(mod: Module, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """The module's outputs computed node by node with the ops' NumPy references."""
-    env = {**inputs, **mod.params}
-    for node in mod.graph.nodes:
-        results = get_op(node.op).reference([env[v.name] for v in node.inputs], node.attrs)
-        env.update({v.name: r for v, r in zip(node.outputs, results, strict=True)})
-    return [env[v.name] for v in mod.graph.outputs]
+from tests.util import ir_reference
 
 
 def _gemm_module(weight: np.ndarray) -> Module:
@@ -33,7 +25,7 @@ def test_a_constant_transposed_gemm_weight_is_stored_transposed_once():
     weight = np.arange(12, dtype=np.float32).reshape(4, 3)
     x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
     mod = _gemm_module(weight)
-    want = _run(mod, {"x": x})
+    want = ir_reference(mod, {"x": x})
     assert mod.graph.nodes[0].attrs["trans_b"]  # the frontend's IR keeps the model's layout
     out = pretranspose_gemm_weights(mod.copy())
     verify(out)
@@ -42,7 +34,7 @@ def test_a_constant_transposed_gemm_weight_is_stored_transposed_once():
     assert node.inputs[1].name == "fc_weight_t"
     np.testing.assert_array_equal(out.params["fc_weight_t"], weight.T)
     assert out.params["fc_weight_t"].flags.c_contiguous
-    np.testing.assert_array_equal(_run(out, {"x": x})[0], want[0])
+    np.testing.assert_array_equal(ir_reference(out, {"x": x})[0], want[0])
 
 
 def test_batch_norm_folding_uses_the_ops_scale_and_shift():
@@ -62,4 +54,5 @@ def test_batch_norm_folding_uses_the_ops_scale_and_shift():
     np.testing.assert_array_equal(out.params["bn_out0_shift"].reshape(-1),
                                   shift.astype(np.float32))
     data = {"x": rng.standard_normal((1, 3, 2, 2)).astype(np.float32)}
-    np.testing.assert_allclose(_run(out, data)[0], _run(mod, data)[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ir_reference(out, data)[0], ir_reference(mod, data)[0],
+                               rtol=1e-6, atol=1e-6)

@@ -18,6 +18,7 @@ from numpy.typing import DTypeLike
 from onnx import helper, numpy_helper
 
 import kiln
+from kiln.ops import get_op
 from kiln.runtime.blob import CODE_DIGEST_OFFSET, HEADER, SECTION, code_digest, write_blob
 from kiln.runtime.elf import read_elf
 
@@ -55,6 +56,38 @@ def single_node_model(op_type: str, inputs: Mapping[str, np.ndarray], *,
 
 
 _DRAWS: dict[str, int] = {}  # random_data calls so far, per test
+
+
+def build_with_sources(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray], monkeypatch,
+                       **options) -> tuple[kiln.export.factory.FactoryModule, list[str]]:
+    """model built by kiln (build options as keywords), and the C sources of its kernels."""
+    sources: list[str] = []
+    compile_kernels = kiln.pipeline.compile_kernels
+
+    def spy(kernels, *args, **kwargs):
+        sources.extend(k.source for k in kernels)
+        return compile_kernels(kernels, *args, **kwargs)
+
+    monkeypatch.setattr(kiln.pipeline, "compile_kernels", spy)
+    mod, params = kiln.from_onnx(model, shapes={k: v.shape for k, v in inputs.items()})
+    return kiln.build(mod, params=params, progress=False, **options), sources
+
+
+def run_outputs(lib, inputs: Mapping[str, np.ndarray], threads: int = 1) -> list[np.ndarray]:
+    """Every output of lib's default model run on inputs with `threads` threads."""
+    gmod = kiln.GraphModule(lib["default"](kiln.cpu(0, num_threads=threads)))
+    gmod.run(**inputs)
+    return [gmod.get_output(i) for i in range(gmod.get_num_outputs())]
+
+
+def ir_reference(mod, values: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """mod's outputs computed node by node with the ops' NumPy references; values gives the
+    inputs (and any constants not bound to mod)."""
+    env = {**values, **mod.params}
+    for node in mod.graph.nodes:
+        results = get_op(node.op).reference([env[v.name] for v in node.inputs], node.attrs)
+        env.update({v.name: r for v, r in zip(node.outputs, results, strict=True)})
+    return [env[v.name] for v in mod.graph.outputs]
 
 
 def _test_rng() -> np.random.Generator:

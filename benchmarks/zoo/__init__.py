@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kiln.runtime.files import atomic_path
+
 from . import convnets, dense, transformers
 
 OPSET = 17
@@ -87,40 +89,25 @@ def _inputs(spec: TorchSpec, seed: int) -> dict[str, np.ndarray]:
     return out
 
 
-def _randomize_norms(module) -> None:
-    """Batch-norm statistics near 1 and 0 (as after training), so folding them matters."""
-    import torch
-    from torch import nn
-
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            c = m.num_features
-            m.weight.data = 1.0 + 0.1 * torch.randn(c)
-            m.bias.data = 0.1 * torch.randn(c)
-            m.running_mean = 0.1 * torch.randn(c)
-            m.running_var = 0.5 + torch.rand(c)
-
-
 def _export_torch(name: str, onnx_path: Path, inputs: dict[str, np.ndarray]) -> None:
-    import torch
+    import torch  # torch (and the test models' helpers that import it) only to export
+
+    from tests.e2e.torch_models import randomize_norms
 
     torch.manual_seed(0)
     module = TORCH_MODELS[name].build()
-    _randomize_norms(module)
+    randomize_norms(module)
     module.eval()
     args = tuple(torch.from_numpy(v) for v in inputs.values())
-    tmp = onnx_path.with_suffix(f".{os.getpid()}.tmp")
-    with warnings.catch_warnings(), torch.no_grad():
+    with atomic_path(onnx_path) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
         torch.onnx.export(module, args, str(tmp), dynamo=False, opset_version=OPSET,
                           input_names=list(inputs))
-    tmp.replace(onnx_path)
 
 
 def _save_inputs(path: Path, inputs: dict[str, np.ndarray]) -> None:
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, **inputs)
-    tmp.replace(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **inputs)
 
 
 def prepare(name: str) -> BenchModel:

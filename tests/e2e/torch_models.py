@@ -26,7 +26,7 @@ class TorchCase:
     legacy_run_inputs: dict[str, torch.Tensor] | None = None
 
 
-def _randomize_norms(module: nn.Module) -> None:
+def randomize_norms(module: nn.Module) -> None:
     """Give every batch norm non-trivial affine parameters and running statistics."""
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -38,7 +38,7 @@ def _randomize_norms(module: nn.Module) -> None:
 
 
 def _finish(module: nn.Module) -> nn.Module:
-    _randomize_norms(module)
+    randomize_norms(module)
     return module.eval()
 
 

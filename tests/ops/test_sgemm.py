@@ -15,13 +15,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import kiln
-import kiln.pipeline
 from kiln.codegen.gemm import KC, NC
 from kiln.codegen.kernels.registry import broadcast_rows, row_index
 from kiln.ops.layout import PANEL, SGEMM_MIN_WORK, pack_panels, sgemm_worth, unpack_panels
 from kiln.runtime.compat import host_arch, host_features
-from tests.util import ort_run, single_node_model
+from tests.util import build_with_sources, ort_run, run_outputs, single_node_model
 
 RNG = np.random.default_rng(11)
 # name -> (target, the CPU features the host needs to run it, features the build must lack)
@@ -47,26 +45,6 @@ def _target(name: str):
     return target
 
 
-def _build(model: onnx.ModelProto, inputs: dict[str, np.ndarray], monkeypatch, target=None):
-    """The built factory and the C sources of its kernels."""
-    sources: list[str] = []
-    compile_kernels = kiln.pipeline.compile_kernels
-
-    def spy(kernels, *args, **kwargs):
-        sources.extend(k.source for k in kernels)
-        return compile_kernels(kernels, *args, **kwargs)
-
-    monkeypatch.setattr(kiln.pipeline, "compile_kernels", spy)
-    mod, params = kiln.from_onnx(model, shapes={k: v.shape for k, v in inputs.items()})
-    return kiln.build(mod, params=params, target=target, progress=False), sources
-
-
-def _run(lib, inputs: dict[str, np.ndarray], threads: int = 1) -> list[np.ndarray]:
-    gmod = kiln.GraphModule(lib["default"](kiln.cpu(0, num_threads=threads)))
-    gmod.run(**inputs)
-    return [gmod.get_output(i) for i in range(gmod.get_num_outputs())]
-
-
 def _on_driver(sources: list[str]) -> bool:
     """Whether a kernel calls the GEMM driver (kernels/sgemm.py's Call)."""
     return any("kiln_sgemm(" in s and "&call);" in s for s in sources)
@@ -90,20 +68,20 @@ SHAPES = [(13, 37, 100), (1, 1000, 65), (100, 1, 500), (25, 300, 33), (50, 2 * K
 def test_matmul_edges(m, k, n, const_b, target, monkeypatch):
     tgt = _target(target)
     model, inputs, b = _matmul_model(m, k, n, const_b=const_b)
-    lib, sources = _build(model, inputs, monkeypatch, tgt)
+    lib, sources = build_with_sources(model, inputs, monkeypatch, target=tgt)
     assert _on_driver(sources)
     assert not set(lib.target.features) & TARGETS[target][2]
     expected = inputs["a"].astype(np.float64) @ b.astype(np.float64)
-    np.testing.assert_allclose(_run(lib, inputs)[0], expected, rtol=TOL, atol=TOL)
+    np.testing.assert_allclose(run_outputs(lib, inputs)[0], expected, rtol=TOL, atol=TOL)
 
 
 def test_small_products_stay_plain_loops(monkeypatch):
     model, inputs, b = _matmul_model(4, 5, 6, const_b=True)
-    lib, sources = _build(model, inputs, monkeypatch)
+    lib, sources = build_with_sources(model, inputs, monkeypatch)
     assert not _on_driver(sources)
     assert not sgemm_worth("float32", 4, 5, 6) and sgemm_worth("float32", 16, 16, 16)
     assert 4 * 5 * 6 < SGEMM_MIN_WORK
-    np.testing.assert_allclose(_run(lib, inputs)[0], inputs["a"] @ b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run_outputs(lib, inputs)[0], inputs["a"] @ b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("trans_a,trans_b", [(0, 0), (1, 0), (0, 1), (1, 1)])
@@ -119,12 +97,12 @@ def test_gemm_on_the_driver(trans_a, trans_b, const_b, c_shape, monkeypatch):
         consts["c"] = _f32(*c_shape)
     model = single_node_model("Gemm", inputs, consts=consts, opset=17, alpha=0.5, beta=1.5,
                               transA=trans_a, transB=trans_b)
-    lib, sources = _build(model, inputs, monkeypatch)
+    lib, sources = build_with_sources(model, inputs, monkeypatch)
     assert _on_driver(sources)
     a64 = (a.T if trans_a else a).astype(np.float64)
     b64 = (b.T if trans_b else b).astype(np.float64)
     expected = 0.5 * a64 @ b64 + (1.5 * consts["c"] if c_shape is not None else 0)
-    np.testing.assert_allclose(_run(lib, inputs)[0], expected, rtol=TOL, atol=TOL)
+    np.testing.assert_allclose(run_outputs(lib, inputs)[0], expected, rtol=TOL, atol=TOL)
 
 
 def _graph(nodes, inputs: dict[str, np.ndarray], consts: dict[str, np.ndarray]):
@@ -145,10 +123,11 @@ def test_matmul_bias_relu_residual_epilogue(monkeypatch):
              helper.make_node("Relu", ["z"], ["h"]),
              helper.make_node("Add", ["h", "r"], ["out"])]
     inputs = {"x": x, "r": r}
-    lib, sources = _build(_graph(nodes, inputs, {"w": w, "bias": bias}), inputs, monkeypatch)
+    model = _graph(nodes, inputs, {"w": w, "bias": bias})
+    lib, sources = build_with_sources(model, inputs, monkeypatch)
     assert len(sources) == 1 and _on_driver(sources) and "kiln_tile" in sources[0]
     expected = np.maximum(x.astype(np.float64) @ w + bias, 0) + r
-    np.testing.assert_allclose(_run(lib, inputs)[0], expected, rtol=TOL, atol=TOL)
+    np.testing.assert_allclose(run_outputs(lib, inputs)[0], expected, rtol=TOL, atol=TOL)
 
 
 def test_chain_ending_in_another_dtype_keeps_the_loops(monkeypatch):
@@ -157,9 +136,9 @@ def test_chain_ending_in_another_dtype_keeps_the_loops(monkeypatch):
     x, w = _f32(40, 100), _f32(100, 64)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]),
              helper.make_node("Cast", ["y"], ["out"], to=TensorProto.DOUBLE)]
-    lib, sources = _build(_graph(nodes, {"x": x}, {"w": w}), {"x": x}, monkeypatch)
+    lib, sources = build_with_sources(_graph(nodes, {"x": x}, {"w": w}), {"x": x}, monkeypatch)
     assert not _on_driver(sources)
-    got = _run(lib, {"x": x})[0]
+    got = run_outputs(lib, {"x": x})[0]
     assert got.dtype == np.float64
     np.testing.assert_allclose(got, x.astype(np.float64) @ w, rtol=TOL, atol=TOL)
 
@@ -170,10 +149,10 @@ def test_batched_matmul(sa, sb, monkeypatch):
     """Attention-style products (batch = heads): B is a run-time tensor, one call per batch."""
     a, b = _f32(*sa), _f32(*sb)
     model = single_node_model("MatMul", {"a": a, "b": b}, opset=17)
-    lib, sources = _build(model, {"a": a, "b": b}, monkeypatch)
+    lib, sources = build_with_sources(model, {"a": a, "b": b}, monkeypatch)
     assert _on_driver(sources)
     expected = np.matmul(a.astype(np.float64), b.astype(np.float64))
-    np.testing.assert_allclose(_run(lib, {"a": a, "b": b})[0], expected, rtol=TOL, atol=TOL)
+    np.testing.assert_allclose(run_outputs(lib, {"a": a, "b": b})[0], expected, rtol=TOL, atol=TOL)
 
 
 def _conv_model(x, w, bias=None, **attrs):
@@ -205,9 +184,9 @@ def test_conv_on_the_driver(case, bias, monkeypatch):
     xs, ws, attrs = CONVS[case]
     x, w = _f32(*xs), (_f32(*ws) / np.sqrt(np.prod(ws[1:]))).astype(np.float32)
     model = _conv_model(x, w, _f32(ws[0]) if bias else None, **attrs)
-    lib, sources = _build(model, {"x": x}, monkeypatch)
+    lib, sources = build_with_sources(model, {"x": x}, monkeypatch)
     assert _on_driver(sources)
-    np.testing.assert_allclose(_run(lib, {"x": x})[0], ort_run(model, {"x": x})[0],
+    np.testing.assert_allclose(run_outputs(lib, {"x": x})[0], ort_run(model, {"x": x})[0],
                                rtol=1e-4, atol=1e-4)
 
 
@@ -221,9 +200,9 @@ def test_conv_bias_relu_residual_on_each_target(target, monkeypatch):
              helper.make_node("Add", ["h", "r"], ["out"])]
     inputs = {"x": x, "r": r}
     model = _graph(nodes, inputs, {"w": w, "b": bias})
-    lib, sources = _build(model, inputs, monkeypatch, tgt)
+    lib, sources = build_with_sources(model, inputs, monkeypatch, target=tgt)
     assert len(sources) == 1 and _on_driver(sources)
-    np.testing.assert_allclose(_run(lib, inputs)[0], ort_run(model, inputs)[0],
+    np.testing.assert_allclose(run_outputs(lib, inputs)[0], ort_run(model, inputs)[0],
                                rtol=1e-4, atol=1e-4)
 
 
@@ -243,11 +222,11 @@ THREAD_CASES = {
 @pytest.mark.parametrize("case", sorted(THREAD_CASES))
 def test_thread_count_gives_identical_bits(case, monkeypatch):
     model, inputs = THREAD_CASES[case]()
-    lib, sources = _build(model, inputs, monkeypatch)
+    lib, sources = build_with_sources(model, inputs, monkeypatch)
     assert _on_driver(sources) and any("#pragma omp" in s for s in sources)
-    first = _run(lib, inputs, threads=1)
+    first = run_outputs(lib, inputs, threads=1)
     for threads in (2, 3):
-        for got, want in zip(_run(lib, inputs, threads=threads), first, strict=True):
+        for got, want in zip(run_outputs(lib, inputs, threads=threads), first, strict=True):
             np.testing.assert_array_equal(got, want, err_msg=f"{threads} threads")
 
 
@@ -280,8 +259,8 @@ def test_broadcast_rows_matches_numpy(shapes, monkeypatch):
     row loop vectorizes); the values are NumPy's."""
     a, b = _f32(*shapes[0]), _f32(*shapes[1])
     model = single_node_model("Mul", {"a": a, "b": b}, opset=17)
-    lib, _ = _build(model, {"a": a, "b": b}, monkeypatch)
-    np.testing.assert_array_equal(_run(lib, {"a": a, "b": b})[0], a * b)
+    lib, _ = build_with_sources(model, {"a": a, "b": b}, monkeypatch)
+    np.testing.assert_array_equal(run_outputs(lib, {"a": a, "b": b})[0], a * b)
     out = np.broadcast_shapes(*shapes)
     ld = broadcast_rows(shapes, out)
     assert ld == {(2, 40, 9, 11): 99, (6, 50): 50, (7, 30): 30, (3, 4, 5): 5, (2, 3): 3}[out]
@@ -309,8 +288,8 @@ def test_depthwise_with_hard_swish(case, monkeypatch):
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], group=c, **attrs),
              helper.make_node("HardSwish", ["y"], ["out"])]
     model = _graph(nodes, {"x": x}, {"w": w, "b": bias})
-    lib, _ = _build(model, {"x": x}, monkeypatch)
-    np.testing.assert_allclose(_run(lib, {"x": x})[0], ort_run(model, {"x": x})[0],
+    lib, _ = build_with_sources(model, {"x": x}, monkeypatch)
+    np.testing.assert_allclose(run_outputs(lib, {"x": x})[0], ort_run(model, {"x": x})[0],
                                rtol=1e-5, atol=1e-5)
 
 
@@ -330,9 +309,9 @@ def test_small_plane_conv_runs_transposed_on_each_target(target, kernel, stride,
              helper.make_node("Mul", ["z", "s"], ["out"])]
     inputs = {"x": x, "r": r}
     model = _graph(nodes, inputs, {"w": w, "b": bias})
-    lib, sources = _build(model, inputs, monkeypatch, tgt)
+    lib, sources = build_with_sources(model, inputs, monkeypatch, target=tgt)
     assert len(sources) == 1 and "kiln_tile_t" in sources[0]
     assert "packed_weight=[96,64," in lib.ir()
-    first = _run(lib, inputs)
+    first = run_outputs(lib, inputs)
     np.testing.assert_allclose(first[0], ort_run(model, inputs)[0], rtol=1e-4, atol=1e-4)
-    np.testing.assert_array_equal(_run(lib, inputs, threads=2)[0], first[0])
+    np.testing.assert_array_equal(run_outputs(lib, inputs, threads=2)[0], first[0])

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 
 import kiln
 import kiln.pipeline
-from tests.util import ort_run, single_node_model
+from tests.util import build_with_sources, ort_run, run_outputs, single_node_model
 
 RNG = np.random.default_rng(7)
 THREADS = (1, 2, 3)
@@ -89,36 +89,15 @@ def _inputs(model: onnx.ModelProto) -> dict[str, np.ndarray]:
             for i in model.graph.input}
 
 
-def _build(model: onnx.ModelProto, inputs: dict[str, np.ndarray], monkeypatch,
-           **options) -> tuple[kiln.Library, list[str]]:
-    """The compiled library and the C sources of its kernels."""
-    sources: list[str] = []
-    compile_kernels = kiln.pipeline.compile_kernels
-
-    def spy(kernels, *args, **kwargs):
-        sources.extend(k.source for k in kernels)
-        return compile_kernels(kernels, *args, **kwargs)
-
-    monkeypatch.setattr(kiln.pipeline, "compile_kernels", spy)
-    mod, params = kiln.from_onnx(model, shapes={k: v.shape for k, v in inputs.items()})
-    return kiln.build(mod, params=params, progress=False, **options), sources
-
-
-def _run(lib, inputs: dict[str, np.ndarray], threads: int) -> list[np.ndarray]:
-    gmod = kiln.GraphModule(lib["default"](kiln.cpu(0, num_threads=threads)))
-    gmod.run(**inputs)
-    return [gmod.get_output(i) for i in range(gmod.get_num_outputs())]
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_thread_count_does_not_change_results(name, monkeypatch):
     model, tol = CASES[name]
     inputs = _inputs(model)
-    lib, sources = _build(model, inputs, monkeypatch)
+    lib, sources = build_with_sources(model, inputs, monkeypatch)
     assert any("#pragma omp" in s for s in sources), "the kernel does not fork threads"
-    first = _run(lib, inputs, THREADS[0])
+    first = run_outputs(lib, inputs, THREADS[0])
     for threads in THREADS[1:]:
-        for k, (a, b) in enumerate(zip(first, _run(lib, inputs, threads), strict=True)):
+        for k, (a, b) in enumerate(zip(first, run_outputs(lib, inputs, threads), strict=True)):
             assert np.array_equal(a, b), f"output {k}: {threads} threads differ from 1"
     for got, expected in zip(first, ort_run(model, inputs), strict=True):
         np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
@@ -126,15 +105,16 @@ def test_thread_count_does_not_change_results(name, monkeypatch):
 
 def test_small_kernel_stays_serial(monkeypatch):
     x = _f32(4, 64)
-    _, sources = _build(single_node_model("Relu", {"x": x}, opset=17), {"x": x}, monkeypatch)
+    model = single_node_model("Relu", {"x": x}, opset=17)
+    _, sources = build_with_sources(model, {"x": x}, monkeypatch)
     assert not any("#pragma omp" in s for s in sources)
 
 
 def test_aot_executor_with_threads(monkeypatch):
     model, tol = CASES["conv_channel_parts"]
     inputs = _inputs(model)
-    lib, _ = _build(model, inputs, monkeypatch, executor="aot")
-    one, two = _run(lib, inputs, 1), _run(lib, inputs, 2)
+    lib, _ = build_with_sources(model, inputs, monkeypatch, executor="aot")
+    one, two = run_outputs(lib, inputs, 1), run_outputs(lib, inputs, 2)
     assert np.array_equal(one[0], two[0])
     np.testing.assert_allclose(one[0], ort_run(model, inputs)[0], rtol=tol, atol=tol)
 
@@ -143,8 +123,8 @@ def test_two_executors_run_concurrently_with_their_own_thread_counts(monkeypatch
     """Each Python thread sets its own OpenMP thread count before its native calls."""
     model, _ = CASES["conv_channel_parts"]
     inputs = _inputs(model)
-    lib, _ = _build(model, inputs, monkeypatch)
-    expected = _run(lib, inputs, 1)[0]
+    lib, _ = build_with_sources(model, inputs, monkeypatch)
+    expected = run_outputs(lib, inputs, 1)[0]
     results: dict[int, list[np.ndarray]] = {1: [], 2: []}
     seen: dict[int, set[int]] = {1: set(), 2: set()}  # OpenMP's thread count after each run
     errors: list[BaseException] = []

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 
 from .conv_gemm import sgemm_conv, sgemm_worth_conv
-from .geometry import ConvGeometry, ceil_div
+from .geometry import ConvGeometry, ceil_div, tile_loops
 from .loops import ROW_TILE, Plane, flat_index, indent, loop, nest, out_index
 from .registry import (
     ALIGNED,
@@ -169,26 +169,12 @@ def _gemm_tiles(mg: int, r: int, positions: int, itemsize: int, images: int,
 
 
 def _tile_loops(g: ConvGeometry, positions: int, tile: int, body: str, work: int) -> str:
-    """im2col conv: loops over (image, group, position tile) around body, which computes the
-    output channels m0 .. m0 + mn of a tile; threads split them. With fewer tiles than threads,
-    each tile's channels are cut in as many parts as the run-time thread count asks for (each
-    part fills the im2col tile on its own), so one thread still runs whole groups."""
+    """im2col conv: geometry.tile_loops, whose parts (when fewer tiles than threads) each
+    fill the im2col tile on their own, so one thread still runs whole groups."""
     mg = g.out_per_group
-    tiles = g.batch * g.group * -(-positions // tile)
-    loops = (f"for (int64_t n = 0; n < {g.batch}; ++n)\n"
-             f"for (int64_t g = 0; g < {g.group}; ++g)\n"
-             f"for (int64_t p0 = 0; p0 < {positions}; p0 += {tile})")
-    max_parts = mg // PART_MIN_CHANNELS
-    if max_parts < 2 or work < PART_MIN_WORK:
-        return (parallel_for(work, tiles, collapse=3)
-                + f"{loops} {{\nconst int64_t m0 = 0, mn = {mg};\n{indent(body)}\n}}")
-    part = ("for (int64_t part = 0; part < parts; ++part) {\n"
-            f"    const int64_t m0 = part * {mg} / parts, mn = (part + 1) * {mg} / parts - m0;\n"
-            f"{indent(body)}\n}}")
-    return ("#pragma omp parallel\n{\n"
-            f"const int64_t want = (omp_get_num_threads() + {tiles - 1}) / {tiles};\n"
-            f"const int64_t parts = want < {max_parts} ? want : {max_parts};\n"
-            f"#pragma omp for schedule(static) collapse(4)\n{loops}\n{part}\n}}")
+    bounds = f"const int64_t m0 = part * {mg} / parts, mn = (part + 1) * {mg} / parts - m0;"
+    return tile_loops(g, positions, tile, body, work=work, split=work >= PART_MIN_WORK,
+                      max_parts=mg // PART_MIN_CHANNELS, part_bounds=bounds)
 
 
 def _im2col_windows(g: ConvGeometry, tile: int) -> str:

@@ -22,13 +22,12 @@ import math
 
 from ...ops.layout import PANEL, sgemm_worth
 from ..gemm import KC, NC, ROW_STEP
-from .geometry import ConvGeometry, ceil_div
+from .geometry import ConvGeometry, ceil_div, tile_loops
 from .loops import flat_index, indent, loop
 from .registry import (
     ALIGNED,
     PARALLEL_TRIPS,
     KernelContext,
-    parallel_for,
     strides,
     worth_threads,
 )
@@ -146,28 +145,13 @@ def _fill(ctx: KernelContext, g: ConvGeometry) -> str:
 
 
 def _loops(g: ConvGeometry, positions: int, tile: int, body: str, work: int) -> str:
-    """C: loops over (image, group, position tile) around body, which computes output
-    channels m0 .. m0 + mn of tile p0; threads split them, and split each tile's channels
-    in parts when there are fewer tiles than threads."""
-    mg = g.out_per_group
-    tiles = g.batch * g.group * -(-positions // tile)
-    loops = (f"for (int64_t n = 0; n < {g.batch}; ++n)\n"
-             f"for (int64_t g = 0; g < {g.group}; ++g)\n"
-             f"for (int64_t p0 = 0; p0 < {positions}; p0 += {tile})")
-    units = -(-mg // ROW_STEP)
-    max_parts = mg // PART_MIN_ROWS
-    if max_parts < 2 or not worth_threads(work, 2):
-        return (parallel_for(work, tiles, collapse=3)
-                + f"{loops} {{\nconst int64_t m0 = 0, mn = {mg};\n{indent(body)}\n}}")
-    part = ("for (int64_t part = 0; part < parts; ++part) {\n"
-            f"    const int64_t m0 = part * {units} / parts * {ROW_STEP};\n"
-            f"    const int64_t m1 = (part + 1) * {units} / parts * {ROW_STEP};\n"
-            f"    const int64_t mn = (m1 < {mg} ? m1 : {mg}) - m0;\n"
-            f"{indent(body)}\n}}")
-    return ("#pragma omp parallel\n{\n"
-            f"const int64_t want = (omp_get_num_threads() + {tiles - 1}) / {tiles};\n"
-            f"const int64_t parts = want < {max_parts} ? want : {max_parts};\n"
-            f"#pragma omp for schedule(static) collapse(4)\n{loops}\n{part}\n}}")
+    """geometry.tile_loops with channel parts at multiples of the micro-kernels' rows."""
+    mg, units = g.out_per_group, -(-g.out_per_group // ROW_STEP)
+    bounds = (f"const int64_t m0 = part * {units} / parts * {ROW_STEP};\n"
+              f"const int64_t m1 = (part + 1) * {units} / parts * {ROW_STEP};\n"
+              f"const int64_t mn = (m1 < {mg} ? m1 : {mg}) - m0;")
+    return tile_loops(g, positions, tile, body, work=work, split=worth_threads(work, 2),
+                      max_parts=mg // PART_MIN_ROWS, part_bounds=bounds)
 
 
 def _sgemm_conv_t(ctx: KernelContext, g: ConvGeometry) -> str:

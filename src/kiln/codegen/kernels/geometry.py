@@ -7,7 +7,8 @@ import math
 from dataclasses import dataclass, replace
 
 from ...ops.conv import weight_type
-from .registry import KernelContext
+from .loops import indent
+from .registry import KernelContext, parallel_for
 
 
 def ceil_div(a: str, b: int) -> str:
@@ -73,3 +74,26 @@ class ConvGeometry:
         size = math.prod(self.in_size)
         return replace(self, in_size=(size,), kernel=(1,), out_size=(size,), strides=(1,),
                        dilations=(1,), pad_begins=(0,), pad_ends=(0,))
+
+
+def tile_loops(g: ConvGeometry, positions: int, tile: int, body: str, *, work: int,
+               split: bool, max_parts: int, part_bounds: str) -> str:
+    """C: loops over (image, group, position tile p0) around body, which computes the output
+    channels m0 .. m0 + mn of a tile; threads split the tiles. With `split` and max_parts >= 2,
+    each tile's channels are also cut in as many parts (up to max_parts) as the run-time
+    thread count asks for when there are fewer tiles than threads; part_bounds is the C that
+    sets m0 and mn of part `part` of `parts`."""
+    mg = g.out_per_group
+    tiles = g.batch * g.group * -(-positions // tile)
+    loops = (f"for (int64_t n = 0; n < {g.batch}; ++n)\n"
+             f"for (int64_t g = 0; g < {g.group}; ++g)\n"
+             f"for (int64_t p0 = 0; p0 < {positions}; p0 += {tile})")
+    if max_parts < 2 or not split:
+        return (parallel_for(work, tiles, collapse=3)
+                + f"{loops} {{\nconst int64_t m0 = 0, mn = {mg};\n{indent(body)}\n}}")
+    part = (f"for (int64_t part = 0; part < parts; ++part) {{\n{indent(part_bounds)}\n"
+            f"{indent(body)}\n}}")
+    return ("#pragma omp parallel\n{\n"
+            f"const int64_t want = (omp_get_num_threads() + {tiles - 1}) / {tiles};\n"
+            f"const int64_t parts = want < {max_parts} ? want : {max_parts};\n"
+            f"#pragma omp for schedule(static) collapse(4)\n{loops}\n{part}\n}}")
