@@ -18,6 +18,7 @@ from numpy.typing import DTypeLike
 from onnx import helper, numpy_helper
 
 import kiln
+import kiln.pipeline
 from kiln.ops import get_op
 from kiln.runtime.blob import CODE_DIGEST_OFFSET, HEADER, SECTION, code_digest, write_blob
 from kiln.runtime.elf import read_elf

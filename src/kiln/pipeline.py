@@ -27,7 +27,7 @@ from .ops import verify
 from .passes.dce import eliminate_dead_code
 from .passes.fold import fold_constants
 from .passes.fuse import KernelGroup, fuse
-from .passes.layout import pack_conv_weights, pack_gemm_weights
+from .passes.layout import pack_conv_weights, pack_gemm_weights, transform_winograd_weights
 from .passes.memory_plan import MemoryPlan, check_arena, plan_memory
 from .passes.simplify import fold_batch_norm, pretranspose_gemm_weights
 
@@ -147,6 +147,7 @@ PASSES: list[tuple[str, Callable[[Module], Module]]] = [
     ("fold_constants_again", fold_constants),  # fold what BN folding made constant
     ("pretranspose_gemm_weights", pretranspose_gemm_weights),  # constant B^T stored as B
     ("pack_gemm_weights", pack_gemm_weights),  # constant float32 B in the GEMM's column panels
+    ("transform_winograd_weights", transform_winograd_weights),  # 3x3 convs as Winograd
     ("pack_conv_weights", pack_conv_weights),  # small-plane conv weights as panels of W^T
     ("eliminate_dead_code", eliminate_dead_code),  # drop nodes and weights no output needs
 ]

@@ -5,7 +5,8 @@ columns (32 or 16), the k slice (KC) and the column block (NC); B packed at comp
 read at run time, transposed operands, batches, fused epilogues (bias, ReLU, residual add),
 thread counts (bit-identical), and the AVX2 and plain-C micro-kernels built explicitly
 (mcpu x86-64-v3 and x86-64). Products compare with NumPy's float64 sums, convs with
-onnxruntime.
+onnxruntime. 3x3 convs that would take Winograd (tests/ops/test_winograd.py) are kept on
+the direct GEMM conv here, except where a test says otherwise.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from kiln.codegen.gemm import KC, NC
 from kiln.codegen.kernels.registry import broadcast_rows, row_index
+from kiln.ops import winograd
 from kiln.ops.layout import PANEL, SGEMM_MIN_WORK, pack_panels, sgemm_worth, unpack_panels
 from kiln.runtime.compat import host_arch, host_features
 from tests.util import build_with_sources, ort_run, run_outputs, single_node_model
@@ -43,6 +45,11 @@ def _target(name: str):
     if not needs <= host_features():
         pytest.skip(f"this host lacks {sorted(needs - host_features())} to run target {name}")
     return target
+
+
+def _direct_convs(monkeypatch) -> None:
+    """Build convs without Winograd (no conv has enough tiles for it)."""
+    monkeypatch.setattr(winograd, "MIN_TILES", 1 << 62)
 
 
 def _on_driver(sources: list[str]) -> bool:
@@ -184,15 +191,19 @@ def test_conv_on_the_driver(case, bias, monkeypatch):
     xs, ws, attrs = CONVS[case]
     x, w = _f32(*xs), (_f32(*ws) / np.sqrt(np.prod(ws[1:]))).astype(np.float32)
     model = _conv_model(x, w, _f32(ws[0]) if bias else None, **attrs)
+    _direct_convs(monkeypatch)
     lib, sources = build_with_sources(model, {"x": x}, monkeypatch)
-    assert _on_driver(sources)
+    assert _on_driver(sources) and "winograd_weight=[]" in lib.ir()
     np.testing.assert_allclose(run_outputs(lib, {"x": x})[0], ort_run(model, {"x": x})[0],
                                rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "winograd"])
 @pytest.mark.parametrize("target", sorted(TARGETS))
-def test_conv_bias_relu_residual_on_each_target(target, monkeypatch):
+def test_conv_bias_relu_residual_on_each_target(target, direct, monkeypatch):
     tgt = _target(target)
+    if direct:
+        _direct_convs(monkeypatch)
     x, r = _f32(1, 24, 18, 18), _f32(1, 40, 18, 18)
     w, bias = _f32(40, 24, 3, 3) / 15, _f32(40)
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1]),
@@ -202,6 +213,7 @@ def test_conv_bias_relu_residual_on_each_target(target, monkeypatch):
     model = _graph(nodes, inputs, {"w": w, "b": bias})
     lib, sources = build_with_sources(model, inputs, monkeypatch, target=tgt)
     assert len(sources) == 1 and _on_driver(sources)
+    assert ("winograd_weight=[]" in lib.ir()) is direct
     np.testing.assert_allclose(run_outputs(lib, inputs)[0], ort_run(model, inputs)[0],
                                rtol=1e-4, atol=1e-4)
 
@@ -214,6 +226,8 @@ THREAD_CASES = {
         _f32(1, 256, 7, 7)),
     "conv_tiles": lambda: (lambda x: (_conv_model(x, _f32(64, 32, 3, 3), pads=[1, 1, 1, 1]),
                                       {"x": x}))(_f32(1, 32, 40, 40)),
+    "winograd": lambda: (lambda x: (_conv_model(x, _f32(64, 32, 3, 3), pads=[1, 1, 1, 1]),
+                                    {"x": x}))(_f32(1, 32, 40, 40)),
     "pointwise": lambda: (lambda x: (_conv_model(x, _f32(96, 64, 1, 1), _f32(96)), {"x": x}))(
         _f32(1, 64, 30, 30)),
 }
@@ -222,8 +236,11 @@ THREAD_CASES = {
 @pytest.mark.parametrize("case", sorted(THREAD_CASES))
 def test_thread_count_gives_identical_bits(case, monkeypatch):
     model, inputs = THREAD_CASES[case]()
+    if case != "winograd":
+        _direct_convs(monkeypatch)
     lib, sources = build_with_sources(model, inputs, monkeypatch)
     assert _on_driver(sources) and any("#pragma omp" in s for s in sources)
+    assert ("winograd_weight=[64" in lib.ir()) is (case == "winograd")
     first = run_outputs(lib, inputs, threads=1)
     for threads in (2, 3):
         for got, want in zip(run_outputs(lib, inputs, threads=threads), first, strict=True):
@@ -277,6 +294,12 @@ DEPTHWISE = {
     "3x3_uneven_stride2": ((1, 8, 9, 10), 3, {"pads": [0, 1, 2, 1], "strides": [2, 2]}),
     "4x4_stride3": ((1, 8, 17, 11), 4, {"pads": [1, 2, 0, 1], "strides": [3, 3]}),
     "1d": ((1, 8, 50), 3, {"pads": [1, 1]}),
+    # stride 2 over a split plane (rows rounded up to whole vectors), odd sizes, 5x5
+    "5x5_rows_stride2": ((1, 8, 45, 43), 5, {"pads": [2, 2, 2, 2], "strides": [2, 2]}),
+    "5x5_dilated_stride2": ((1, 8, 23, 21), 5, {"pads": [3, 4, 4, 3], "strides": [2, 2],
+                                                "dilations": [2, 2]}),
+    "3x3_stride2_short": ((2, 8, 14, 14), 3, {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
+    "3d_stride2": ((1, 4, 6, 9, 11), 3, {"pads": [1, 1, 1, 1, 1, 1], "strides": [1, 2, 2]}),
 }
 
 
@@ -291,6 +314,25 @@ def test_depthwise_with_hard_swish(case, monkeypatch):
     lib, _ = build_with_sources(model, {"x": x}, monkeypatch)
     np.testing.assert_allclose(run_outputs(lib, {"x": x})[0], ort_run(model, {"x": x})[0],
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["5x5_rows_stride2", "3x3_flat", "3x3_stride2_short"])
+def test_depthwise_with_silu_and_non_finite_inputs(case, monkeypatch):
+    """The band of a depthwise plane is stored in one loop through the fused SiLU: NaN and
+    +-inf inputs reach the outputs as onnxruntime's do; 1 and 2 threads agree exactly."""
+    xs, k, attrs = DEPTHWISE[case]
+    c, nd = xs[1], len(xs) - 2
+    x, w, bias = _f32(*xs), _f32(c, 1, *(k,) * nd), _f32(c)
+    x.flat[[3, 500, 901]] = [np.nan, np.inf, -np.inf]
+    x.flat[-1] = 100.0  # a sigmoid past exp's range
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], group=c, **attrs),
+             helper.make_node("Sigmoid", ["y"], ["s"]),
+             helper.make_node("Mul", ["y", "s"], ["out"])]
+    model = _graph(nodes, {"x": x}, {"w": w, "b": bias})
+    lib, _ = build_with_sources(model, {"x": x}, monkeypatch)
+    first = run_outputs(lib, {"x": x})[0]
+    np.testing.assert_allclose(first, ort_run(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(run_outputs(lib, {"x": x}, threads=2)[0], first)
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))

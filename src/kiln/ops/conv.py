@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..ir.types import TensorType
+from . import winograd
 from .common import need_float, need_image, need_vector, same_dtype
 from .layout import panels_shape, unpack_conv_weight
 from .registry import REQUIRED, Attrs, register
@@ -39,13 +40,18 @@ def _operands(types: list[TensorType]) -> tuple[TensorType, TensorType]:
 
 def weight_type(w: TensorType, attrs: Attrs) -> TensorType:
     """The type a conv's weight has for the conv: its own, or (M, C/group, *K) when stored
-    as column panels (`packed_weight`, kiln/ops/layout.py)."""
-    if not attrs["packed_weight"]:
+    as column panels (`packed_weight`, kiln/ops/layout.py) or Winograd-transformed
+    (`winograd_weight`, kiln/ops/winograd.py)."""
+    if attrs["packed_weight"]:
+        shape = tuple(attrs["packed_weight"])
+        expected = panels_shape(math.prod(shape[1:]), shape[0])
+    elif attrs["winograd_weight"]:
+        shape = tuple(attrs["winograd_weight"])
+        expected = winograd.weight_shape(shape)
+    else:
         return w
-    shape = tuple(attrs["packed_weight"])
-    expected = panels_shape(math.prod(shape[1:]), shape[0])
     if w.shape != expected:
-        raise ShapeError(f"packed weight of shape {list(w.shape)} does not hold a weight of "
+        raise ShapeError(f"stored weight of shape {list(w.shape)} does not hold a weight of "
                          f"shape {list(shape)}: expected {list(expected)}")
     return TensorType(shape, w.dtype)
 
@@ -67,6 +73,8 @@ def _conv_ref(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarray]:
     x, w = arrs[0], arrs[1]
     if attrs["packed_weight"]:
         w = unpack_conv_weight(w, tuple(attrs["packed_weight"]))
+    elif attrs["winograd_weight"]:
+        w = winograd.untransform_weight(w, tuple(attrs["winograd_weight"]))
     nd, group = x.ndim - 2, attrs["group"]
     n, c, m = x.shape[0], x.shape[1], w.shape[0]
     out = window_shape(x.shape, w.shape[2:], attrs)
@@ -85,9 +93,10 @@ def _conv_ref(arrs: list[np.ndarray], attrs: Attrs) -> list[np.ndarray]:
 
 # packed_weight: () when w is as the model gave it, else w's shape (M, C/group, *K) with w
 # stored as column panels of its (M, C/group * prod(K)) matrix transposed, a layout the
-# packing pass chooses (kiln/ops/layout.py).
+# packing pass chooses (kiln/ops/layout.py). winograd_weight: likewise, w stored
+# transformed for Winograd F(4x4, 3x3) (kiln/ops/winograd.py).
 register("conv", infer=_conv_infer, reference=_conv_ref,
-         attrs={**CONV_ATTRS, "packed_weight": ()})
+         attrs={**CONV_ATTRS, "packed_weight": (), "winograd_weight": ()})
 
 
 # ---- conv_transpose: [x (N,C,*I), w (C,M/group,*K), b (M,)?] -> (N,M,*O)

@@ -4,7 +4,9 @@ pack_gemm_weights stores the constant right-hand matrix of a float32 matmul or g
 on the GEMM driver in column panels (kiln/ops/layout.py), so its micro-kernel streams B
 without packing it at run time; the node's `packed_n` records the layout. pack_conv_weights
 does the same for the weights of convs over few positions, which then run with their output
-channels along the vectors (`packed_weight`). A packed array is an ordinary param (hashed,
+channels along the vectors (`packed_weight`). transform_winograd_weights stores the weights
+of 3x3 convs that run as Winograd F(4x4, 3x3) transformed (`winograd_weight`,
+kiln/ops/winograd.py). A packed array is an ordinary param (hashed,
 de-duplicated and exported like any weight).
 """
 
@@ -15,6 +17,7 @@ import math
 import numpy as np
 
 from ..ir import Module, Node
+from ..ops import winograd
 from ..ops.layout import conv_panels_worth, pack_conv_weight, pack_panels, pack_worth
 from .simplify import new_param
 
@@ -51,7 +54,7 @@ def pack_conv_weights(mod: Module) -> Module:
     """Store the constant weight of each float32 conv that conv_panels_worth as column panels
     of W^T, its output channels then going along the GEMM's vectors."""
     for node in mod.graph.nodes:
-        if node.op != "conv" or node.attrs["packed_weight"]:
+        if node.op != "conv" or node.attrs["packed_weight"] or node.attrs["winograd_weight"]:
             continue
         w = mod.params.get(node.inputs[1].name)
         out = node.outputs[0].type
@@ -61,4 +64,21 @@ def pack_conv_weights(mod: Module) -> Module:
         hint = f"{node.name or node.inputs[1].name}_panels"
         node.inputs[1] = new_param(mod, hint, pack_conv_weight(w))
         node.attrs["packed_weight"] = tuple(w.shape)
+    return mod
+
+
+def transform_winograd_weights(mod: Module) -> Module:
+    """Store the constant weight of each conv that winograd_worth transformed (G w G^T per
+    channel pair, in the GEMM's column panels): the conv then runs as Winograd F(4x4, 3x3)."""
+    for node in mod.graph.nodes:
+        if node.op != "conv" or node.attrs["packed_weight"] or node.attrs["winograd_weight"]:
+            continue
+        w = mod.params.get(node.inputs[1].name)
+        x, out = node.inputs[0].type, node.outputs[0].type
+        if w is None or not winograd.winograd_worth(out.dtype, x.shape, w.shape, out.shape,
+                                                    node.attrs):
+            continue
+        hint = f"{node.name or node.inputs[1].name}_winograd"
+        node.inputs[1] = new_param(mod, hint, winograd.transform_weight(w))
+        node.attrs["winograd_weight"] = tuple(w.shape)
     return mod

@@ -14,6 +14,7 @@ local arrays are declared inside the split loops, so each thread has its own.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from .conv_gemm import sgemm_conv, sgemm_worth_conv
@@ -28,17 +29,25 @@ from .registry import (
     strides,
     worth_threads,
 )
+from .winograd import winograd_conv
 
 GEMM_MIN_CHANNELS = 8  # output channels per group from which conv takes the im2col kernel
 ACC_BYTES = 32 * 1024  # im2col conv: accumulator tile (output channels x positions)
 COL_BYTES = 16 * 1024  # im2col conv: input tile (reduction rows x positions)
 # depthwise conv: kernels with at most this many taps sum them all in one loop over a row
 DEPTHWISE_UNROLLED_TAPS = 25
-# ... and, with 2-D planes, one loop over the whole padded plane (sums of at most this many
-# bytes), if stride 1 (the padding columns are the only waste) or rows shorter than
-# DEPTHWISE_FLAT_BELOW (then half of what is computed is dropped, but it all vectorizes)
+# ... and, with 2-D planes and stride 1, one loop over the whole padded plane (sums of at
+# most this many bytes; the padding columns are the only waste); with a larger stride, rows
+# of a split plane (Plane.split: the taps then read consecutive columns)
 DEPTHWISE_FLAT_BYTES = 64 * 1024
-DEPTHWISE_FLAT_BELOW = 16
+# ... into a local band of output rows of at most this many bytes, stored in one loop after
+DEPTHWISE_BAND_BYTES = 16 * 1024
+# ... and its row (or flat) loops run to a multiple of this many elements, reading zeros past
+# the plane, so that no scalar remainder is left (the columns past the row are dropped)
+DEPTHWISE_ROUND = 8
+# ... and each sum is split in this many interleaved partial sums: float adds are not
+# reassociated, so one chain of 25 dependent multiply-adds would wait on their latency
+DEPTHWISE_CHAINS = 4
 CHANNEL_BLOCKS = (4, 2, 1)  # row kernel: output channels computed together (first divisor)
 # im2col conv, for threads: a kernel worth threads gets narrower tiles (down to TILE_MIN_SPLIT
 # positions) until it has TILE_SPLIT_TRIPS; then, with fewer tiles than threads, its groups
@@ -253,23 +262,68 @@ def _im2col_conv(ctx: KernelContext) -> str:
     return _tile_loops(g, positions, tile, body, work)
 
 
+def _band_store(ctx: KernelContext, g: ConvGeometry, first: str, count: int | str,
+                buffer: str) -> str:
+    """C: store buffer[q] at element first + q of channel m's output plane, for q below
+    count, in one loop (the fused chain vectorizes over it, however short the rows)."""
+    plane = f"n * {g.out_channels} + g * {g.out_per_group} + m"
+    ld = math.prod(g.out_size)
+    store = ctx.store_row(ld, f"({plane}) * {ld} + {first} + q", f"({plane})", f"{first} + q",
+                          f"{buffer}[q]")
+    return loop("q", count, store)
+
+
+def _round(count: int) -> int:
+    return -(-count // DEPTHWISE_ROUND) * DEPTHWISE_ROUND
+
+
+def _tap_sum(bias: str, products: list[str]) -> str:
+    """C: bias plus the products, as DEPTHWISE_CHAINS independent partial sums added last."""
+    chains = [products[j::DEPTHWISE_CHAINS] for j in range(DEPTHWISE_CHAINS)]
+    chains[0] = [bias, *chains[0]]
+    return " + ".join(f"({' + '.join(chain)})" for chain in chains if chain)
+
+
 def _depthwise_rows(ctx: KernelContext, g: ConvGeometry, plane: Plane, bias: str) -> str:
-    """C: the output rows of channel m, each one loop over its columns summing every tap
-    (few enough to unroll: the sum stays in a register, and the loop vectorizes)."""
+    """C: the output plane of channel m, a band of rows at a time: each row one loop over
+    its columns (rounded up: see DEPTHWISE_ROUND) summing every tap (few enough to unroll:
+    the sum stays in a register, and the loop vectorizes) into `band`, then the band packed
+    if rounded and stored in one loop."""
     t, out = ctx.t(0), g.out_size
     taps = math.prod(g.kernel)
     weights = "".join(f"const {t} w{k} = wc[{k}];\n" for k in range(taps))
-    at = "ol" if plane.split > 1 else f"ol * {g.strides[-1]}"
-    total = " + ".join([bias] + [f"w{k} * xr{k}[{at}]" for k in range(taps)])
-    plane_index = f"n * {g.out_channels} + g * {g.out_per_group} + m"
-    row = flat_index([f"o{j}" for j in range(g.rank - 1)], out[:-1])
-    outer = f"({plane_index}) * {math.prod(out[:-1])} + {row}"
-    store = ctx.store_row(out[-1], f"({outer}) * {out[-1]} + ol", f"({outer})", "ol", "v")
     if _flat_fits(ctx, g, plane):
-        return weights + _depthwise_flat(ctx, g, plane, bias, store)
-    body = ("\n".join(plane.tap_pointers(ctx, g.kernel)) + "\n"
-            + loop("ol", out[-1], f"const {t} v = {total};\n{store}"))
-    return weights + nest([(f"o{j}", out[j]) for j in range(g.rank - 1)], body)
+        return weights + _depthwise_flat(ctx, g, plane, bias)
+    rows, width, wide = math.prod(out[:-1]), out[-1], _round(out[-1])
+    band = max(1, min(rows, DEPTHWISE_BAND_BYTES // (wide * ctx.in_types[0].itemsize)))
+    at = "ol" if plane.split > 1 else f"ol * {g.strides[-1]}"
+    start, offsets = plane.tap_offsets(ctx, g.kernel)
+    total = _tap_sum(bias, [f"w{k} * xr[{at} + {off}]" for k, off in enumerate(offsets)])
+    row_st = strides(tuple(out[:-1]))
+    coords = "".join(f"const int64_t o{j} = (r / {row_st[j]}) % {out[j]};\n"
+                     for j in range(g.rank - 1))
+    row = (coords + f"const {t}* restrict xr = xp + {start};\n"
+           + loop("ol", wide, f"band[(r - r0) * {wide} + ol] = {total};"))
+    stored = "band"
+    body = (f"const int64_t rn = {rows} - r0 < {band} ? {rows} - r0 : {band};\n"
+            + loop("r", "r0 + rn", row, start="r0"))
+    if wide != width:
+        stored = "packed"
+        body += "\n" + loop("r", "rn", loop("ol", width, f"packed[r * {width} + ol] = "
+                                                       f"band[r * {wide} + ol];"))
+    body += "\n" + _band_store(ctx, g, f"r0 * {width}", f"rn * {width}", stored)
+    buffers = "".join(f"{t} {name}[{band * w}] {ALIGNED};\n"
+                      for name, w in [("band", wide), ("packed", width)] if name in body)
+    return (weights + buffers
+            + f"for (int64_t r0 = 0; r0 < {rows}; r0 += {band}) {{\n{indent(body)}\n}}")
+
+
+def _depthwise_slack(ctx: KernelContext, g: ConvGeometry, plane: Plane) -> int:
+    """Elements _depthwise_rows's rounded loops read past the plane."""
+    if _flat_fits(ctx, g, plane):
+        count = _flat_taps(g, plane)[0]
+        return _round(count) - count
+    return (_round(g.out_size[-1]) - g.out_size[-1]) * g.strides[-1]
 
 
 def _flat_taps(g: ConvGeometry, plane: Plane) -> tuple[int, list[int]]:
@@ -282,29 +336,28 @@ def _flat_taps(g: ConvGeometry, plane: Plane) -> tuple[int, list[int]]:
 
 
 def _flat_fits(ctx: KernelContext, g: ConvGeometry, plane: Plane) -> bool:
-    """Whether a depthwise conv takes _depthwise_flat: 2-D, one stride for both dims (1, or
-    rows shorter than DEPTHWISE_FLAT_BELOW), its sums small, and every read in the plane."""
-    if g.rank != 2 or plane.split != 1 or g.strides[0] != g.strides[1]:
-        return False
-    if g.strides[0] != 1 and g.out_size[1] >= DEPTHWISE_FLAT_BELOW:
+    """Whether a depthwise conv takes _depthwise_flat: 2-D, stride 1, its sums small, and
+    every read in the plane."""
+    if g.rank != 2 or plane.split != 1 or g.strides != (1, 1):
         return False
     count, offsets = _flat_taps(g, plane)
     return (count * ctx.in_types[0].itemsize <= DEPTHWISE_FLAT_BYTES
-            and (count - 1) * g.strides[0] + max(offsets) < plane.size)
+            and (count - 1) + max(offsets) < plane.size)
 
 
-def _depthwise_flat(ctx: KernelContext, g: ConvGeometry, plane: Plane, bias: str,
-                    store: str) -> str:
-    """C: a 2-D depthwise plane (one stride along both dims) as one loop over q = o0 * PW +
-    ol with PW the padded row: tap (k0, k1) reads xp[q * stride + k0 * PW + k1] (a row's
+def _depthwise_flat(ctx: KernelContext, g: ConvGeometry, plane: Plane, bias: str) -> str:
+    """C: a 2-D depthwise plane of stride 1 as one loop over q = o0 * PW + ol with PW the
+    padded row: tap (k0, k1) reads xp[q + k0 * PW + k1] (a row's
     last columns wrap into the next: sums computed there are dropped, and every read stays
-    in the plane, whose extent fits the window); then each row stored."""
-    t, out, s, pw = ctx.t(0), g.out_size, g.strides[-1], plane.width
+    in the plane, whose extent fits the window); then the rows packed and stored at once."""
+    t, out, pw = ctx.t(0), g.out_size, plane.width
     count, offsets = _flat_taps(g, plane)
-    total = " + ".join([bias] + [f"w{k} * xp[q * {s} + {off}]" for k, off in enumerate(offsets)])
-    return (f"{t} sums[{count}] {ALIGNED};\n" + loop("q", count, f"sums[q] = {total};") + "\n"
-            + loop("o0", out[0], loop("ol", out[1], f"const {t} v = sums[o0 * {pw} + ol];\n"
-                                                   f"{store}")))
+    total = _tap_sum(bias, [f"w{k} * xp[q + {off}]" for k, off in enumerate(offsets)])
+    pack = loop("o0", out[0], loop("ol", out[1], f"band[o0 * {out[1]} + ol] = "
+                                                 f"sums[o0 * {pw} + ol];"))
+    return (f"{t} sums[{_round(count)}] {ALIGNED};\n{t} band[{math.prod(out)}] {ALIGNED};\n"
+            + loop("q", _round(count), f"sums[q] = {total};") + "\n" + pack + "\n"
+            + _band_store(ctx, g, "0", math.prod(out), "band"))
 
 
 def _depthwise_conv(ctx: KernelContext, g: ConvGeometry, plane: Plane) -> str:
@@ -313,6 +366,10 @@ def _depthwise_conv(ctx: KernelContext, g: ConvGeometry, plane: Plane) -> str:
     bias = f"{ctx.ins[2]}[g * {mg} + m]" if len(ctx.ins) == 3 else zero
     weights = f"const {t}* restrict wc = {ctx.ins[1]} + (g * {mg} + m) * {math.prod(g.kernel)};\n"
     if math.prod(g.kernel) <= DEPTHWISE_UNROLLED_TAPS:
+        split = Plane.of(ctx, g.kernel, split=True)
+        if g.strides[-1] > 1 and split.fits(ctx):
+            plane = split  # taps then read consecutive columns (no gathers)
+        plane = dataclasses.replace(plane, slack=_depthwise_slack(ctx, g, plane))
         rows = _depthwise_rows(ctx, g, plane, bias)
     else:
         tap = (f"const {t} wv = wc[kidx];\n"
@@ -332,6 +389,8 @@ def _depthwise_conv(ctx: KernelContext, g: ConvGeometry, plane: Plane) -> str:
 @kernel("conv")
 def _conv(ctx: KernelContext) -> str:
     g = ConvGeometry.of(ctx)
+    if g.winograd:
+        return winograd_conv(ctx, g)
     if g.packed or g.out_per_group >= GEMM_MIN_CHANNELS:
         return sgemm_conv(ctx, g) if sgemm_worth_conv(ctx, g) else _im2col_conv(ctx)
     # Unrolled taps read a whole padded row `stride` apart (filling a split plane costs more).

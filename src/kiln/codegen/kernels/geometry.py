@@ -35,17 +35,19 @@ class ConvGeometry:
     pad_begins: tuple[int, ...]
     pad_ends: tuple[int, ...]
     packed: bool = False  # the weight is stored as column panels of W^T (ops/layout.py)
+    winograd: bool = False  # the weight is stored transformed (ops/winograd.py)
 
     @classmethod
     def of(cls, ctx: KernelContext) -> ConvGeometry:
         x, w, y = ctx.in_types[0].shape, ctx.in_types[1].shape, ctx.out_types[0].shape
         packed = "packed_weight" in ctx.attrs and bool(ctx.attrs["packed_weight"])  # conv only
-        if packed:
+        winograd = "winograd_weight" in ctx.attrs and bool(ctx.attrs["winograd_weight"])
+        if packed or winograd:
             w = weight_type(ctx.in_types[1], ctx.attrs).shape
         a, nd = ctx.attrs, len(x) - 2
         return cls(x[0], x[1], y[1], a["group"], tuple(x[2:]), tuple(w[2:]), tuple(y[2:]),
                    tuple(a["strides"]), tuple(a["dilations"]), tuple(a["pads"][:nd]),
-                   tuple(a["pads"][nd:]), packed)
+                   tuple(a["pads"][nd:]), packed, winograd)
 
     @property
     def rank(self) -> int:

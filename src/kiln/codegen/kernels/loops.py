@@ -49,12 +49,14 @@ class Plane:
     Each row is stored as `split` (the last stride) interleaved sub-rows, column c at
     sub-row c % split, offset c / split: a tap then reads consecutive output columns from
     consecutive addresses, and gcc vectorizes the row loop for any stride.
+    `slack` zeros follow the plane, for loops rounded up to whole vectors that read past it.
     """
 
     shape: tuple[int, ...]  # the input plane's spatial shape
     padded: tuple[int, ...]
     begins: tuple[int, ...]
     split: int
+    slack: int = 0
 
     @classmethod
     def of(cls, ctx: KernelContext, kernel: tuple[int, ...], *, split: bool = True) -> Plane:
@@ -80,7 +82,7 @@ class Plane:
         return self.size * ctx.in_types[0].itemsize <= PLANE_BYTES
 
     def declare(self, t: str) -> str:
-        return f"{t} xp[{self.size}] {ALIGNED};"
+        return f"{t} xp[{self.size + self.slack}] {ALIGNED};"
 
     def _at(self, row: str, col: str) -> str:
         """C: the offset of padded column `col` of padded row `row` (flat over outer dims)."""
@@ -90,13 +92,30 @@ class Plane:
                f"({col}) / {self.split}"
 
     def fill(self, fill: str) -> str:
-        """C: xp = the plane at `xc`, surrounded by fill."""
+        """C: xp = the plane at `xc`, surrounded by fill. A split plane is written a sub-row
+        at a time (contiguous stores, loads `split` apart: the copy vectorizes)."""
         nd = len(self.shape)
         row = flat_index([f"(i{j} + {self.begins[j]})" for j in range(nd - 1)], self.padded[:-1])
-        at = self._at(row, f"i{nd - 1} + {self.begins[-1]}")
-        copy = nest([(f"i{j}", self.shape[j]) for j in range(nd)],
-                    f"xp[{at}] = xc[{flat_index([f'i{j}' for j in range(nd)], self.shape)}];")
-        return loop("q", self.size, f"xp[q] = {fill};") + "\n" + copy
+        src = flat_index([f"i{j}" for j in range(nd - 1)], self.shape[:-1])
+        if self.split == 1:
+            at = self._at(row, f"i{nd - 1} + {self.begins[-1]}")
+            inner = loop(f"i{nd - 1}", self.shape[-1],
+                         f"xp[{at}] = xc[({src}) * {self.shape[-1]} + i{nd - 1}];")
+        else:
+            inner = "\n".join(self._sub_row_copy(row, src, part) for part in range(self.split))
+        copy = nest([(f"i{j}", self.shape[j]) for j in range(nd - 1)], inner)
+        return loop("q", self.size + self.slack, f"xp[q] = {fill};") + "\n" + copy
+
+    def _sub_row_copy(self, row: str, src: str, part: int) -> str:
+        """C: sub-row `part` of padded row `row`: offset j holds input column j * split + part
+        - begin, for the j (known here) that put it inside the input row `src`."""
+        split, begin, width = self.split, self.begins[-1], self.shape[-1]
+        first, end = -(-(begin - part) // split), -(-(width + begin - part) // split)
+        if end <= first:
+            return ""
+        return loop("j", end, f"xp[(({row}) * {split} + {part}) * {self.width} + j] = "
+                              f"xc[({src}) * {width} + j * {split} + {part - begin}];",
+                    start=max(first, 0))
 
     def rows(self, ctx: KernelContext, kernel: tuple[int, ...], init: str, tap: str,
              store: str) -> str:
@@ -117,19 +136,22 @@ class Plane:
         return nest([(f"o{j}", out[j]) for j in range(nd - 1)], body)
 
 
-    def tap_pointers(self, ctx: KernelContext, kernel: tuple[int, ...]) -> list[str]:
-        """C declarations, for the output row (o0, ...), of xr<t> for each kernel tap t (flat
-        index): tap t reads xr<t>[ol] for output column ol (xr<t>[ol * stride] in a plane
-        that is not split)."""
-        a, t = ctx.attrs, ctx.t(0)
-        nd = len(kernel)
-        lines = []
-        for flat, tap in enumerate(itertools.product(*map(range, kernel))):
-            row = flat_index([f"(o{j} * {a['strides'][j]} + {tap[j] * a['dilations'][j]})"
-                              for j in range(nd - 1)], self.padded[:-1])
-            start = self._at(row, str(tap[-1] * a["dilations"][-1]))
-            lines.append(f"const {t}* restrict xr{flat} = xp + {start};")
-        return lines
+    def tap_offsets(self, ctx: KernelContext, kernel: tuple[int, ...]) -> tuple[str, list[int]]:
+        """(C: the offset in xp of output row (o0, ...), each kernel tap's constant offset from
+        it, flat index order): tap t reads xp[row + offset_t + ol] for output column ol
+        (ol * stride in a plane that is not split). One base and constant displacements keep
+        every tap in one register, however many taps there are."""
+        a, nd = ctx.attrs, len(kernel)
+        row = flat_index([f"o{j} * {a['strides'][j]}" for j in range(nd - 1)], self.padded[:-1])
+        start = f"({row}) * {self.split * self.width}"
+        offsets = []
+        for tap in itertools.product(*map(range, kernel)):
+            tap_row = sum(tap[j] * a["dilations"][j] * st
+                          for j, st in enumerate(strides(self.padded[:-1])))
+            col = tap[-1] * a["dilations"][-1]
+            offsets.append((tap_row * self.split + col % self.split) * self.width
+                           + col // self.split)
+        return start, offsets
 
 
 def out_index(ctx: KernelContext, plane: str) -> str:

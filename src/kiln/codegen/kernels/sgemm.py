@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ...ops.layout import PANEL
 from ..gemm import ROW_STEP
 from .loops import indent
-from .registry import ALIGNED, PARALLEL_TRIPS, KernelContext, worth_threads
+from .registry import ALIGNED, PARALLEL_TRIPS, KernelContext, ctype, worth_threads
 
 # Columns and rows below which a product is not cut further to give threads more parts.
 SPLIT_MIN_COLUMNS = 128
@@ -74,27 +74,33 @@ def tile_epilogue_t(ctx: KernelContext, ld: int, value: Value | None) -> str:
 
     Tile element (r, j), at c[r * ldc + j], is row `row + r` and column `col + j` of the
     product, and goes to out0[(origin + col + j) * ld + row + r]: origin counts rows of ld.
+    The value and the fused chain run along the tile's rows (up to PANEL contiguous columns:
+    the loop vectorizes, where an output run is at most ROW_STEP long) into `done`; then
+    `done` is written out transposed.
     """
-    raw = f"flip[j * {ROW_STEP} + r]"
-    store = ctx.store_row(ld, "o", "outer", "row", value(raw, "row", "col") if value else raw)
+    t = ctype((ctx.stored_types or ctx.out_types)[0].dtype)
+    raw = "c[r * ldc + j]"
+    v = value(raw, "row", "col") if value else raw
+    if ctx.row_epilogue is not None:
+        v = ctx.row_epilogue(ld, "outer * " + str(ld) + " + row", "outer", "row", v)
     ctx.helpers.append(
         "static void kiln_tile_t(void* at_, const float* c, int64_t ldc, int64_t m0, "
         "int64_t n0,\n                        int64_t rows, int64_t cols) {\n"
         "    const struct kiln_tile* at = (const struct kiln_tile*)at_;\n"
         "    void* const* args = at->args;\n"
         f"{indent(ctx.unpack)}\n"
-        "    /* the tile transposed first (a tile is at most ROW_STEP x PANEL), so the loop\n"
-        "       over an output row reads contiguously, and vectorizes */\n"
-        f"    float flip[{ROW_STEP * PANEL}] {ALIGNED};\n"
-        "    for (int64_t r = 0; r < rows; ++r)\n"
-        f"        for (int64_t j = 0; j < cols; ++j) flip[j * {ROW_STEP} + r] = c[r * ldc + j];\n"
-        "    for (int64_t j = 0; j < cols; ++j) {\n"
-        "        const int64_t col = at->col + n0 + j, outer = at->origin + col;\n"
-        "        for (int64_t r = 0; r < rows; ++r) {\n"
-        "            const int64_t row = at->row + m0 + r;\n"
-        f"            const int64_t o = outer * {ld} + row;\n"
-        f"            {store}\n"
+        f"    {t} done[{ROW_STEP * PANEL}] {ALIGNED};\n"
+        "    for (int64_t r = 0; r < rows; ++r) {\n"
+        "        const int64_t row = at->row + m0 + r;\n"
+        "        for (int64_t j = 0; j < cols; ++j) {\n"
+        "            const int64_t col = at->col + n0 + j, outer = at->origin + col;\n"
+        f"            done[r * {PANEL} + j] = {v};\n"
         "        }\n"
+        "    }\n"
+        "    for (int64_t j = 0; j < cols; ++j) {\n"
+        f"        {t}* restrict o = {ctx.outs[0]} + (at->origin + at->col + n0 + j) * {ld} "
+        "+ at->row + m0;\n"
+        f"        for (int64_t r = 0; r < rows; ++r) o[r] = done[r * {PANEL} + j];\n"
         "    }\n"
         "}\n")
     return "kiln_tile_t"
