@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 
 import kiln
 import kiln.pipeline
-from kiln.ops import get_op
+from kiln.ops import get_op, winograd
 from kiln.runtime.blob import CODE_DIGEST_OFFSET, HEADER, SECTION, code_digest, write_blob
 from kiln.runtime.elf import read_elf
 
@@ -72,6 +72,13 @@ def build_with_sources(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray],
     monkeypatch.setattr(kiln.pipeline, "compile_kernels", spy)
     mod, params = kiln.from_onnx(model, shapes={k: v.shape for k, v in inputs.items()})
     return kiln.build(mod, params=params, progress=False, **options), sources
+
+
+def direct_convs(monkeypatch) -> None:
+    """Build convs without Winograd (kiln/ops/winograd.py: none has enough tiles, no weight
+    is small enough), for tests of the direct conv kernels."""
+    monkeypatch.setattr(winograd, "MIN_TILES", 1 << 62)
+    monkeypatch.setattr(winograd, "CACHED_WEIGHT_BYTES", -1)
 
 
 def run_outputs(lib, inputs: Mapping[str, np.ndarray], threads: int = 1) -> list[np.ndarray]:

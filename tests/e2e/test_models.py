@@ -76,9 +76,10 @@ def test_matches_onnxruntime_in_fresh_process(built: Built, tmp_path: Path) -> N
 
 
 def test_winograd_is_among_what_the_models_check(build) -> None:
-    """The comparisons above cover Winograd convs: resnet18_like's stage-1 3x3 convs take it."""
+    """The comparisons above cover Winograd convs: resnet18_like's stride-1 3x3 convs of
+    stages 1-3 take it (stage 4's 2x2 planes do not)."""
     ir = build("resnet18_like").factory.ir()
-    assert ir.count("winograd_weight=[16,16,3,3]") == 4
+    assert ir.count("winograd_weight=[") - ir.count("winograd_weight=[]") == 10
 
 
 def test_signature(built: Built) -> None:

@@ -13,6 +13,7 @@ from kiln.errors import ShapeError, UnsupportedOpError
 from tests.util import (
     check_against_ort,
     check_op,
+    direct_convs,
     kiln_run,
     reference_run,
     single_node_model,
@@ -94,7 +95,8 @@ def test_conv_float64(m):
 
 
 @pytest.mark.parametrize("c,group", [(3, 1), (16, 1), (16, 16)])  # row, im2col, depthwise
-def test_conv_with_fused_epilogue(c, group):
+def test_conv_with_fused_epilogue(c, group, monkeypatch):
+    direct_convs(monkeypatch)  # the kernels named above (tests/ops/test_winograd.py: Winograd)
     x = _data((1, c, 8, 8))
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], group=group),
              helper.make_node("Add", ["c", "r"], ["s"]),

@@ -18,10 +18,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from kiln.codegen.gemm import KC, NC
 from kiln.codegen.kernels.registry import broadcast_rows, row_index
-from kiln.ops import winograd
 from kiln.ops.layout import PANEL, SGEMM_MIN_WORK, pack_panels, sgemm_worth, unpack_panels
 from kiln.runtime.compat import host_arch, host_features
-from tests.util import build_with_sources, ort_run, run_outputs, single_node_model
+from tests.util import build_with_sources, direct_convs, ort_run, run_outputs, single_node_model
 
 RNG = np.random.default_rng(11)
 # name -> (target, the CPU features the host needs to run it, features the build must lack)
@@ -45,11 +44,6 @@ def _target(name: str):
     if not needs <= host_features():
         pytest.skip(f"this host lacks {sorted(needs - host_features())} to run target {name}")
     return target
-
-
-def _direct_convs(monkeypatch) -> None:
-    """Build convs without Winograd (no conv has enough tiles for it)."""
-    monkeypatch.setattr(winograd, "MIN_TILES", 1 << 62)
 
 
 def _on_driver(sources: list[str]) -> bool:
@@ -191,7 +185,7 @@ def test_conv_on_the_driver(case, bias, monkeypatch):
     xs, ws, attrs = CONVS[case]
     x, w = _f32(*xs), (_f32(*ws) / np.sqrt(np.prod(ws[1:]))).astype(np.float32)
     model = _conv_model(x, w, _f32(ws[0]) if bias else None, **attrs)
-    _direct_convs(monkeypatch)
+    direct_convs(monkeypatch)
     lib, sources = build_with_sources(model, {"x": x}, monkeypatch)
     assert _on_driver(sources) and "winograd_weight=[]" in lib.ir()
     np.testing.assert_allclose(run_outputs(lib, {"x": x})[0], ort_run(model, {"x": x})[0],
@@ -203,7 +197,7 @@ def test_conv_on_the_driver(case, bias, monkeypatch):
 def test_conv_bias_relu_residual_on_each_target(target, direct, monkeypatch):
     tgt = _target(target)
     if direct:
-        _direct_convs(monkeypatch)
+        direct_convs(monkeypatch)
     x, r = _f32(1, 24, 18, 18), _f32(1, 40, 18, 18)
     w, bias = _f32(40, 24, 3, 3) / 15, _f32(40)
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1]),
@@ -237,7 +231,7 @@ THREAD_CASES = {
 def test_thread_count_gives_identical_bits(case, monkeypatch):
     model, inputs = THREAD_CASES[case]()
     if case != "winograd":
-        _direct_convs(monkeypatch)
+        direct_convs(monkeypatch)
     lib, sources = build_with_sources(model, inputs, monkeypatch)
     assert _on_driver(sources) and any("#pragma omp" in s for s in sources)
     assert ("winograd_weight=[64" in lib.ir()) is (case == "winograd")
@@ -341,6 +335,7 @@ def test_small_plane_conv_runs_transposed_on_each_target(target, kernel, stride,
     """A 7x7 output plane: the weight is packed as panels of W^T (pack_conv_weights) and the
     product runs with output channels along the vectors, then is written back transposed."""
     tgt = _target(target)
+    direct_convs(monkeypatch)  # a 3x3 one would take Winograd
     size = 7 * stride
     x, r = _f32(1, 64, size, size), _f32(1, 96, 7, 7)
     w, bias = _f32(96, 64, kernel, kernel) / 20, _f32(96)

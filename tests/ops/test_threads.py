@@ -2,6 +2,7 @@
 
 Each model is large enough that its kernel forks threads (checked in the C source); it runs
 with 1, 2 and 3 threads (3 splits evenly into neither the work nor the 2 cores here).
+Convs take the direct kernels (tests/ops/test_winograd.py covers Winograd's threads).
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ from onnx import TensorProto, helper
 
 import kiln
 import kiln.pipeline
-from tests.util import build_with_sources, ort_run, run_outputs, single_node_model
+from tests.util import build_with_sources, direct_convs, ort_run, run_outputs, single_node_model
 
 RNG = np.random.default_rng(7)
 THREADS = (1, 2, 3)
+
+
+@pytest.fixture(autouse=True)
+def _no_winograd(monkeypatch) -> None:
+    direct_convs(monkeypatch)
 
 
 def _f32(*shape: int) -> np.ndarray:

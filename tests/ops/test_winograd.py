@@ -47,13 +47,17 @@ def test_weight_transform_round_trips() -> None:
     ({"dilations": [2, 2]}, (1, 16, 16, 16), False),
     ({"group": 2}, (1, 16, 16, 16), False),
     ({}, (1, 4, 16, 16), False),  # too few channels
-    ({}, (1, 16, 8, 8), False),  # 4 tiles: the transformed weight costs more than it saves
-    ({}, (3, 16, 8, 8), True),  # ... but 3 images have 12
+    ({}, (1, 16, 8, 8), True),  # 4 tiles, but a transformed weight that stays in cache
+    ({}, (1, 16, 2, 2), False),  # ... and not when one tile covers 4 times the plane
+    ({"m": 512}, (1, 512, 8, 8), False),  # 4 tiles and a 38 MB transformed weight
+    ({"m": 512}, (3, 512, 8, 8), True),  # ... but 3 images have 12 tiles
 ])
 def test_which_convs_take_winograd(attrs: dict, shape: tuple, worth: bool) -> None:
+    attrs = dict(attrs)
+    m = attrs.pop("m", 16)
     full = {"strides": [1, 1], "dilations": [1, 1], "group": 1, **attrs}
-    w = (16, shape[1] // full["group"], 3, 3)
-    out = (shape[0], 16, shape[2], shape[3])
+    w = (m, shape[1] // full["group"], 3, 3)
+    out = (shape[0], m, shape[2], shape[3])
     assert winograd.winograd_worth("float32", shape, w, out, full) is worth
     assert not winograd.winograd_worth("float64", shape, w, out, {**full, "group": 1})
 

@@ -5,7 +5,8 @@ compiling, so that gcc -O2 vectorizes it. conv picks one of four kernels:
 - the GEMM driver (float32, 8+ output channels per group, big enough): kernels/conv_gemm.py;
 - im2col (other dtypes, 8+ output channels per group): tiles of a matrix product weights x
   im2col(x) in C loops;
-- depthwise (one input channel per group): over a padded local copy of the input plane;
+- depthwise (one input channel per group): over a padded local copy of the input plane
+  (kernels/depthwise.py: a channel at a time, or channels along the vectors);
 - rows (the rest, and conv_transpose): a tile of one output row for a few output channels
   in a local accumulator, each kernel tap over the row range it reaches.
 Threads split the outer loops (batch, channels, output rows or tiles), never a reduction;
@@ -14,12 +15,12 @@ local arrays are declared inside the split loops, so each thread has its own.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 from .conv_gemm import sgemm_conv, sgemm_worth_conv
+from .depthwise import DEPTHWISE_UNROLLED_TAPS, depthwise_conv
 from .geometry import ConvGeometry, ceil_div, tile_loops
-from .loops import ROW_TILE, Plane, flat_index, indent, loop, nest, out_index
+from .loops import ROW_TILE, Plane, flat_index, indent, loop, nest
 from .registry import (
     ALIGNED,
     KernelContext,
@@ -34,20 +35,6 @@ from .winograd import winograd_conv
 GEMM_MIN_CHANNELS = 8  # output channels per group from which conv takes the im2col kernel
 ACC_BYTES = 32 * 1024  # im2col conv: accumulator tile (output channels x positions)
 COL_BYTES = 16 * 1024  # im2col conv: input tile (reduction rows x positions)
-# depthwise conv: kernels with at most this many taps sum them all in one loop over a row
-DEPTHWISE_UNROLLED_TAPS = 25
-# ... and, with 2-D planes and stride 1, one loop over the whole padded plane (sums of at
-# most this many bytes; the padding columns are the only waste); with a larger stride, rows
-# of a split plane (Plane.split: the taps then read consecutive columns)
-DEPTHWISE_FLAT_BYTES = 64 * 1024
-# ... into a local band of output rows of at most this many bytes, stored in one loop after
-DEPTHWISE_BAND_BYTES = 16 * 1024
-# ... and its row (or flat) loops run to a multiple of this many elements, reading zeros past
-# the plane, so that no scalar remainder is left (the columns past the row are dropped)
-DEPTHWISE_ROUND = 8
-# ... and each sum is split in this many interleaved partial sums: float adds are not
-# reassociated, so one chain of 25 dependent multiply-adds would wait on their latency
-DEPTHWISE_CHAINS = 4
 CHANNEL_BLOCKS = (4, 2, 1)  # row kernel: output channels computed together (first divisor)
 # im2col conv, for threads: a kernel worth threads gets narrower tiles (down to TILE_MIN_SPLIT
 # positions) until it has TILE_SPLIT_TRIPS; then, with fewer tiles than threads, its groups
@@ -262,130 +249,6 @@ def _im2col_conv(ctx: KernelContext) -> str:
     return _tile_loops(g, positions, tile, body, work)
 
 
-def _band_store(ctx: KernelContext, g: ConvGeometry, first: str, count: int | str,
-                buffer: str) -> str:
-    """C: store buffer[q] at element first + q of channel m's output plane, for q below
-    count, in one loop (the fused chain vectorizes over it, however short the rows)."""
-    plane = f"n * {g.out_channels} + g * {g.out_per_group} + m"
-    ld = math.prod(g.out_size)
-    store = ctx.store_row(ld, f"({plane}) * {ld} + {first} + q", f"({plane})", f"{first} + q",
-                          f"{buffer}[q]")
-    return loop("q", count, store)
-
-
-def _round(count: int) -> int:
-    return -(-count // DEPTHWISE_ROUND) * DEPTHWISE_ROUND
-
-
-def _tap_sum(bias: str, products: list[str]) -> str:
-    """C: bias plus the products, as DEPTHWISE_CHAINS independent partial sums added last."""
-    chains = [products[j::DEPTHWISE_CHAINS] for j in range(DEPTHWISE_CHAINS)]
-    chains[0] = [bias, *chains[0]]
-    return " + ".join(f"({' + '.join(chain)})" for chain in chains if chain)
-
-
-def _depthwise_rows(ctx: KernelContext, g: ConvGeometry, plane: Plane, bias: str) -> str:
-    """C: the output plane of channel m, a band of rows at a time: each row one loop over
-    its columns (rounded up: see DEPTHWISE_ROUND) summing every tap (few enough to unroll:
-    the sum stays in a register, and the loop vectorizes) into `band`, then the band packed
-    if rounded and stored in one loop."""
-    t, out = ctx.t(0), g.out_size
-    taps = math.prod(g.kernel)
-    weights = "".join(f"const {t} w{k} = wc[{k}];\n" for k in range(taps))
-    if _flat_fits(ctx, g, plane):
-        return weights + _depthwise_flat(ctx, g, plane, bias)
-    rows, width, wide = math.prod(out[:-1]), out[-1], _round(out[-1])
-    band = max(1, min(rows, DEPTHWISE_BAND_BYTES // (wide * ctx.in_types[0].itemsize)))
-    at = "ol" if plane.split > 1 else f"ol * {g.strides[-1]}"
-    start, offsets = plane.tap_offsets(ctx, g.kernel)
-    total = _tap_sum(bias, [f"w{k} * xr[{at} + {off}]" for k, off in enumerate(offsets)])
-    row_st = strides(tuple(out[:-1]))
-    coords = "".join(f"const int64_t o{j} = (r / {row_st[j]}) % {out[j]};\n"
-                     for j in range(g.rank - 1))
-    row = (coords + f"const {t}* restrict xr = xp + {start};\n"
-           + loop("ol", wide, f"band[(r - r0) * {wide} + ol] = {total};"))
-    stored = "band"
-    body = (f"const int64_t rn = {rows} - r0 < {band} ? {rows} - r0 : {band};\n"
-            + loop("r", "r0 + rn", row, start="r0"))
-    if wide != width:
-        stored = "packed"
-        body += "\n" + loop("r", "rn", loop("ol", width, f"packed[r * {width} + ol] = "
-                                                       f"band[r * {wide} + ol];"))
-    body += "\n" + _band_store(ctx, g, f"r0 * {width}", f"rn * {width}", stored)
-    buffers = "".join(f"{t} {name}[{band * w}] {ALIGNED};\n"
-                      for name, w in [("band", wide), ("packed", width)] if name in body)
-    return (weights + buffers
-            + f"for (int64_t r0 = 0; r0 < {rows}; r0 += {band}) {{\n{indent(body)}\n}}")
-
-
-def _depthwise_slack(ctx: KernelContext, g: ConvGeometry, plane: Plane) -> int:
-    """Elements _depthwise_rows's rounded loops read past the plane."""
-    if _flat_fits(ctx, g, plane):
-        count = _flat_taps(g, plane)[0]
-        return _round(count) - count
-    return (_round(g.out_size[-1]) - g.out_size[-1]) * g.strides[-1]
-
-
-def _flat_taps(g: ConvGeometry, plane: Plane) -> tuple[int, list[int]]:
-    """_depthwise_flat's sum count and tap offsets in the padded plane."""
-    pw = plane.width
-    count = (g.out_size[0] - 1) * pw + g.out_size[1]
-    offsets = [k0 * g.dilations[0] * pw + k1 * g.dilations[1]
-               for k0 in range(g.kernel[0]) for k1 in range(g.kernel[1])]
-    return count, offsets
-
-
-def _flat_fits(ctx: KernelContext, g: ConvGeometry, plane: Plane) -> bool:
-    """Whether a depthwise conv takes _depthwise_flat: 2-D, stride 1, its sums small, and
-    every read in the plane."""
-    if g.rank != 2 or plane.split != 1 or g.strides != (1, 1):
-        return False
-    count, offsets = _flat_taps(g, plane)
-    return (count * ctx.in_types[0].itemsize <= DEPTHWISE_FLAT_BYTES
-            and (count - 1) + max(offsets) < plane.size)
-
-
-def _depthwise_flat(ctx: KernelContext, g: ConvGeometry, plane: Plane, bias: str) -> str:
-    """C: a 2-D depthwise plane of stride 1 as one loop over q = o0 * PW + ol with PW the
-    padded row: tap (k0, k1) reads xp[q + k0 * PW + k1] (a row's
-    last columns wrap into the next: sums computed there are dropped, and every read stays
-    in the plane, whose extent fits the window); then the rows packed and stored at once."""
-    t, out, pw = ctx.t(0), g.out_size, plane.width
-    count, offsets = _flat_taps(g, plane)
-    total = _tap_sum(bias, [f"w{k} * xp[q + {off}]" for k, off in enumerate(offsets)])
-    pack = loop("o0", out[0], loop("ol", out[1], f"band[o0 * {out[1]} + ol] = "
-                                                 f"sums[o0 * {pw} + ol];"))
-    return (f"{t} sums[{_round(count)}] {ALIGNED};\n{t} band[{math.prod(out)}] {ALIGNED};\n"
-            + loop("q", _round(count), f"sums[q] = {total};") + "\n" + pack + "\n"
-            + _band_store(ctx, g, "0", math.prod(out), "band"))
-
-
-def _depthwise_conv(ctx: KernelContext, g: ConvGeometry, plane: Plane) -> str:
-    """conv with one input channel per group, over its zero-padded local copy."""
-    t, mg, zero = ctx.t(0), g.out_per_group, lit(0, ctx.in_types[0].dtype)
-    bias = f"{ctx.ins[2]}[g * {mg} + m]" if len(ctx.ins) == 3 else zero
-    weights = f"const {t}* restrict wc = {ctx.ins[1]} + (g * {mg} + m) * {math.prod(g.kernel)};\n"
-    if math.prod(g.kernel) <= DEPTHWISE_UNROLLED_TAPS:
-        split = Plane.of(ctx, g.kernel, split=True)
-        if g.strides[-1] > 1 and split.fits(ctx):
-            plane = split  # taps then read consecutive columns (no gathers)
-        plane = dataclasses.replace(plane, slack=_depthwise_slack(ctx, g, plane))
-        rows = _depthwise_rows(ctx, g, plane, bias)
-    else:
-        tap = (f"const {t} wv = wc[kidx];\n"
-               + loop("ol", g.out_size[-1], "acc[ol] += wv * xr[ol];"))
-        store = ctx.store(out_index(ctx, f"n * {g.out_channels} + g * {mg} + m"), "acc[ol]")
-        rows = plane.rows(ctx, g.kernel, bias, tap, store)
-    channel = (f"const {t}* restrict xc = {ctx.ins[0]} + (n * {g.in_channels} + g) * "
-               f"{math.prod(g.in_size)};\n"
-               + plane.fill(zero) + "\n"
-               + loop("m", mg, weights + rows))
-    work = (g.batch * g.out_channels * math.prod(g.out_size) * math.prod(g.kernel)
-            + g.batch * g.group * plane.size)
-    return parallel_for(work, g.batch * g.group, collapse=2) \
-        + nest([("n", g.batch), ("g", g.group)], plane.declare(t) + "\n" + channel)
-
-
 @kernel("conv")
 def _conv(ctx: KernelContext) -> str:
     g = ConvGeometry.of(ctx)
@@ -396,7 +259,7 @@ def _conv(ctx: KernelContext) -> str:
     # Unrolled taps read a whole padded row `stride` apart (filling a split plane costs more).
     plane = Plane.of(ctx, g.kernel, split=math.prod(g.kernel) > DEPTHWISE_UNROLLED_TAPS)
     if g.in_per_group == 1 and plane.fits(ctx):
-        return _depthwise_conv(ctx, g, plane)
+        return depthwise_conv(ctx, g, plane)
     return _row_kernel(ctx, transposed=False)
 
 
