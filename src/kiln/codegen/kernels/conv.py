@@ -9,6 +9,7 @@ compiling, so that gcc -O2 vectorizes it. conv picks one of four kernels:
   (kernels/depthwise.py: a channel at a time, or channels along the vectors);
 - rows (the rest, and conv_transpose): a tile of one output row for a few output channels
   in a local accumulator, each kernel tap over the row range it reaches.
+conv_transpose runs on the GEMM driver when worth it (kernels/conv_transpose_gemm.py), or rows.
 Threads split the outer loops (batch, channels, output rows or tiles), never a reduction;
 local arrays are declared inside the split loops, so each thread has its own.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import math
 
 from .conv_gemm import sgemm_conv, sgemm_worth_conv
+from .conv_transpose_gemm import sgemm_conv_transpose, sgemm_worth_conv_transpose
 from .depthwise import DEPTHWISE_UNROLLED_TAPS, depthwise_conv
 from .geometry import ConvGeometry, ceil_div, tile_loops
 from .loops import ROW_TILE, Plane, flat_index, indent, loop, nest
@@ -265,4 +267,7 @@ def _conv(ctx: KernelContext) -> str:
 
 @kernel("conv_transpose")
 def _conv_transpose(ctx: KernelContext) -> str:
+    g = ConvGeometry.of(ctx)
+    if sgemm_worth_conv_transpose(ctx, g):
+        return sgemm_conv_transpose(ctx, g)
     return _row_kernel(ctx, transposed=True)
