@@ -69,6 +69,7 @@ LAZY = {
     ("export/pack.py", "zstandard"): "optional: only kiln pack / .so.zst export needs it",
     ("runtime/signing.py", "cryptography"): "optional: only signing and signed loads need it",
     ("runtime/params.py", "safetensors"): "optional: only weights shipped apart need it",
+    ("export/mlf.py", "safetensors"): "optional: only the Model Library Format export needs it",
     ("cli.py", "rich"): "optional: the CLI's tables",
     ("codegen/toolchain.py", "rich"): "optional: the progress bar while compiling",
     # The CLI loads the compiler (and onnx) only for the commands that compile.

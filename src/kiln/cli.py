@@ -13,6 +13,7 @@ import click
 import numpy as np
 
 from .errors import KilnError
+from .project import BOARDS, DEFAULT_BOARD, TEMPLATES, footprint, footprint_text, generate
 from .runtime import GraphModule, cpu, load_module
 from .runtime.executor import EXECUTORS
 from .runtime.files import atomic_write
@@ -95,7 +96,8 @@ def main() -> None:
 @click.option("--dtype", "dtypes", multiple=True, type=DtypeSpec(),
               help="override an input's dtype, e.g. ids:int32 (repeatable)")
 @click.option("--output", "-o", required=True, type=click.Path(),
-              help="where to write: .so (library), .tar (objects + blob), or a directory")
+              help="where to write: .so (library), .tar (objects + blob), .mlf.tar (Model "
+              "Library Format: C sources, docs/mlf.md), or a directory")
 @click.option("--executor", type=click.Choice(list(EXECUTORS)), default="graph",
               show_default=True, help="graph: kernels stepped from Python (profilable); "
               "aot: one native entry point per model")
@@ -405,6 +407,43 @@ def viz_cmd(library, output) -> None:
                f"{sum(len(m['kernels']) for m in models.values())} kernels, "
                f"{size_text(len(page.encode()))}")
 
+
+@main.group("project")
+def project_group() -> None:
+    """Standalone C projects from Model Library Format (.mlf.tar) archives."""
+
+
+@project_group.command("generate")
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False))
+@click.option("--template", type=click.Choice(TEMPLATES), default="host", show_default=True,
+              help="host: the host's cc; cortex-m: arm-none-eabi-gcc, run under QEMU")
+@click.option("--board", type=click.Choice(list(BOARDS)),
+              help=f"cortex-m board (QEMU machine; default {DEFAULT_BOARD})")
+@click.option("--model", help="model of the archive (default: its only one)")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
+              metavar="DIR", help="the project folder to write (new or empty)")
+def project_generate_cmd(archive, template, board, model, output) -> None:
+    """Write a C project running ARCHIVE's model on its self-test vector (make run)."""
+    if board is not None and template != "cortex-m":
+        raise click.UsageError(f"--board {board} needs --template cortex-m")
+    try:
+        out = generate(archive, output, template=template, board=board, model=model)
+    except KilnError as e:
+        _fail(e)
+    click.echo(f"wrote {out} ({template}{f', {board}' if board else ''}): make -C {out} run")
+
+
+@main.command("footprint")
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False))
+@click.option("--board", type=click.Choice(list(BOARDS)), default=DEFAULT_BOARD,
+              show_default=True, help="cortex-m board to build for")
+@click.option("--model", help="model of the archive (default: its only one)")
+def footprint_cmd(archive, board, model) -> None:
+    """Build ARCHIVE's model for a Cortex-M board and print its flash and RAM use."""
+    try:
+        click.echo(footprint_text(footprint(archive, board=board, model=model), archive))
+    except KilnError as e:
+        _fail(e)
 
 if __name__ == "__main__":
     main()

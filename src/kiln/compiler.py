@@ -57,7 +57,8 @@ def compile_model(mod: Module, options: Options) -> CompiledModel:
     """Compile one bound module: its manifest entry, weights and objects."""
     s = run_pipeline(mod, options)
     weights = {p.name: np.asarray(s.mod.params[p.name], order="C") for p in s.mod.graph.params}
-    return CompiledModel(s.mod.name, model_spec(s), weights, s.objects)
+    return CompiledModel(s.mod.name, model_spec(s), weights, s.objects,
+                         {u.name: u.source for u in s.units})
 
 
 def _model_params(mods: dict[str, Module], params: dict[str, np.ndarray],

@@ -61,11 +61,10 @@ float* kiln_scratch(int slot, size_t count);
 struct kiln_tile { void* const* args; int64_t origin, row, col; };
 """
 
-_UNIT = r"""#define _GNU_SOURCE
-#include <pthread.h>
+# The driver and micro-kernels: plain C11 plus, on x86, the intrinsics the target's flags
+# allow (the Model Library Format ships it as it is: kiln/export/mlf.py).
+_DRIVER = r"""#include <stddef.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
@@ -216,45 +215,6 @@ static void ukernel(int64_t kc, const float* restrict a, int64_t a_rs, int64_t a
     }
 }
 
-/* Per-thread buffers, freed when their thread ends (the key is deleted if the library is
-   unloaded first, so no destructor runs in unmapped code). */
-#define SLOTS 3
-struct scratch { float* buf[SLOTS]; size_t size[SLOTS]; };
-static pthread_key_t scratch_key;
-static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
-static int scratch_ready;
-
-static void scratch_free(void* p) {
-    struct scratch* s = p;
-    for (int i = 0; i < SLOTS; ++i) free(s->buf[i]);
-    free(s);
-}
-static void scratch_init(void) {
-    scratch_ready = pthread_key_create(&scratch_key, scratch_free) == 0;
-}
-static void __attribute__((destructor)) scratch_fini(void) {
-    if (scratch_ready) pthread_key_delete(scratch_key);
-}
-
-float* kiln_scratch(int slot, size_t count) {
-    pthread_once(&scratch_once, scratch_init);
-    struct scratch* s = scratch_ready ? pthread_getspecific(scratch_key) : NULL;
-    if (scratch_ready && s == NULL) {
-        s = calloc(1, sizeof *s);
-        if (s != NULL && pthread_setspecific(scratch_key, s) != 0) { free(s); s = NULL; }
-    }
-    if (s != NULL && s->size[slot] < count) {
-        free(s->buf[slot]);
-        s->buf[slot] = aligned_alloc(64, (count * sizeof(float) + 63) / 64 * 64);
-        s->size[slot] = s->buf[slot] ? count : 0;
-    }
-    if (s == NULL || s->buf[slot] == NULL) {
-        fprintf(stderr, "kiln: cannot allocate a %zu-byte GEMM buffer\n", count * sizeof(float));
-        abort();
-    }
-    return s->buf[slot];
-}
-
 /* B[pc .. pc + kc][jc .. jc + nc] as column panels [nc / PANEL][kc][PANEL], zero-padded. */
 static void pack_b(const struct kiln_gemm* g, int64_t pc, int64_t jc, int64_t kc, int64_t nc,
                    float* restrict bp) {
@@ -275,7 +235,11 @@ static void pack_b(const struct kiln_gemm* g, int64_t pc, int64_t jc, int64_t kc
 }
 
 void kiln_sgemm(int64_t m, int64_t n, int64_t k, const struct kiln_gemm* g) {
-    float* bbuf = g->b_panels ? NULL : kiln_scratch(0, (size_t)KC * NC);
+    /* a run-time B: one KC x NC block at most, in whole panels (kernels/sgemm.py's
+       pack_floats states the same) */
+    const int64_t bk = k < 1 ? 1 : (k < KC ? k : KC), bn = n < 1 ? 1 : (n < NC ? n : NC);
+    float* bbuf = g->b_panels ? NULL
+                              : kiln_scratch(0, (size_t)(bk * ((bn + PANEL - 1) / PANEL * PANEL)));
     const int64_t slices = k > 0 ? (k + KC - 1) / KC : 1; /* k = 0: one empty slice, C = 0 */
     for (int64_t jc = 0; jc < n; jc += NC) {
         const int64_t nc = n - jc < NC ? n - jc : NC;
@@ -319,5 +283,51 @@ void kiln_sgemm(int64_t m, int64_t n, int64_t k, const struct kiln_gemm* g) {
 }
 """
 
-GEMM_SOURCE = (_UNIT.replace("@API@", GEMM_API).replace("@PANEL@", str(PANEL))
-               .replace("@KC@", str(KC)).replace("@NC@", str(NC)))
+# kiln_scratch for libraries: per-thread buffers from the heap, kept between calls.
+_SCRATCH = r"""#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+/* Per-thread buffers, freed when their thread ends (the key is deleted if the library is
+   unloaded first, so no destructor runs in unmapped code). */
+#define SLOTS 3
+struct scratch { float* buf[SLOTS]; size_t size[SLOTS]; };
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static int scratch_ready;
+
+static void scratch_free(void* p) {
+    struct scratch* s = p;
+    for (int i = 0; i < SLOTS; ++i) free(s->buf[i]);
+    free(s);
+}
+static void scratch_init(void) {
+    scratch_ready = pthread_key_create(&scratch_key, scratch_free) == 0;
+}
+static void __attribute__((destructor)) scratch_fini(void) {
+    if (scratch_ready) pthread_key_delete(scratch_key);
+}
+
+float* kiln_scratch(int slot, size_t count) {
+    pthread_once(&scratch_once, scratch_init);
+    struct scratch* s = scratch_ready ? pthread_getspecific(scratch_key) : NULL;
+    if (scratch_ready && s == NULL) {
+        s = calloc(1, sizeof *s);
+        if (s != NULL && pthread_setspecific(scratch_key, s) != 0) { free(s); s = NULL; }
+    }
+    if (s != NULL && s->size[slot] < count) {
+        free(s->buf[slot]);
+        s->buf[slot] = aligned_alloc(64, (count * sizeof(float) + 63) / 64 * 64);
+        s->size[slot] = s->buf[slot] ? count : 0;
+    }
+    if (s == NULL || s->buf[slot] == NULL) {
+        fprintf(stderr, "kiln: cannot allocate a %zu-byte GEMM buffer\n", count * sizeof(float));
+        abort();
+    }
+    return s->buf[slot];
+}
+"""
+
+GEMM_DRIVER_SOURCE = (_DRIVER.replace("@API@", GEMM_API).replace("@PANEL@", str(PANEL))
+                      .replace("@KC@", str(KC)).replace("@NC@", str(NC)))
+GEMM_SOURCE = GEMM_DRIVER_SOURCE + _SCRATCH

@@ -3,10 +3,15 @@
 from .gemm import GEMM_API
 
 PRELUDE = r"""#include <math.h>
-#include <omp.h>
 #include <stdint.h>
 #include <string.h>
 #include <float.h>
+#ifdef _OPENMP /* built without OpenMP (kiln/export/mlf.py), a kernel runs serially */
+#include <omp.h>
+#define kiln_team_size() omp_get_num_threads()
+#else
+#define kiln_team_size() 1
+#endif
 
 static inline int64_t kiln_imod_floor(int64_t a, int64_t b) {
     int64_t r = a % b;

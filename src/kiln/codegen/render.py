@@ -89,6 +89,9 @@ def render_kernel(group: KernelGroup) -> KernelSource:
         t = ctype(v.type.dtype)
         unpack.append(f"    {t}* restrict out{k} = ({t}*)args[{base + k}];")
     ctx.stored_types = [v.type for v in group.outputs]
+    # a template or helper need not read every argument (-Wall -Werror builds, docs/mlf.md)
+    names = [line.split("=")[0].split()[-1] for line in unpack]
+    unpack.append("    " + " ".join(f"(void){n};" for n in names))
     ctx.unpack = "\n".join(line.strip() for line in unpack)
     body = indent(get_kernel(anchor.op).template(ctx))
     for ld in sorted(row_lengths):

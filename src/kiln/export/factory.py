@@ -2,15 +2,14 @@
 
 The output path's suffix states the intent: `.so` is the native library; `.tar` holds the
 object files, the blob, a manifest and the linked library (to link or inspect elsewhere);
-a directory (a path without suffix) receives `<name>.so`.
+`.mlf.tar` is the Model Library Format (C sources for programs without Python:
+kiln/export/mlf.py); a directory (a path without suffix) receives `<name>.so`.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,8 @@ from ..runtime.files import atomic_write
 from ..runtime.library import Library, load_module
 from ..runtime.params import save_params
 from ..runtime.selftest import TestInputs, check_test_inputs, vector_entry
-from .pack import compress
+from .mlf import write_mlf
+from .pack import compress, tar_bytes
 
 # One self-test vector as export computes it: the input set and the (name, output) pairs.
 VectorData = tuple[dict[str, np.ndarray], list[tuple[str, np.ndarray]]]
@@ -47,12 +47,14 @@ VectorData = tuple[dict[str, np.ndarray], list[tuple[str, np.ndarray]]]
 
 @dataclass
 class CompiledModel:
-    """One compiled model: its manifest entry, its weights and its kernels' object code."""
+    """One compiled model: its manifest entry, its weights, its kernels' object code and C
+    sources (by function name; the Model Library Format ships the sources)."""
 
     name: str
     spec: dict[str, Any]
     weights: dict[str, np.ndarray]
     objects: dict[str, bytes]
+    sources: dict[str, str]
 
 
 class FactoryModule:
@@ -111,7 +113,8 @@ class FactoryModule:
 
     def export_library(self, path: str | os.PathLike, *, package_params: bool = True,
                        test_inputs: TestInputs | None = None) -> str:
-        """Write the library to path by suffix (.so, .so.zst, .tar, or a directory); returns it.
+        """Write the library to path by suffix (.so, .so.zst, .tar, .mlf.tar for the Model
+        Library Format, or a directory); returns it.
 
         Atomic: a failed export leaves nothing at path. With package_params=False the
         weights stay out (ship them with export_params; executors then need load_params).
@@ -121,15 +124,22 @@ class FactoryModule:
         """
         vectors = self._vectors(test_inputs) if test_inputs is not None else None
         out = Path(path)
+        if out.name.endswith(".mlf.tar"):
+            if not package_params:
+                raise ExportError(f"cannot export to '{out}' without the weights: a Model "
+                                  "Library Format archive holds them as C arrays (docs/mlf.md)")
+            self._check_folder(out)
+            atomic_write(out, write_mlf(self.compiled, self.target, vectors))
+            return str(out)
         if out.is_dir() or (out.suffix == "" and not out.exists()):
             out.mkdir(parents=True, exist_ok=True)
             out = out / f"{self.models[0] if len(self.models) == 1 else 'models'}.so"
         elif out.suffix not in (".so", ".tar") and not out.name.endswith(".so.zst"):
             raise ExportError(f"cannot export to '{out}': unknown suffix '{out.suffix}'; use "
                               ".so (native library), .so.zst (compressed), .tar (objects + "
-                              "blob) or a directory")
-        if not out.parent.is_dir():
-            raise ExportError(f"cannot export to '{out}': folder {out.parent} does not exist")
+                              "blob), .mlf.tar (Model Library Format: C sources, docs/mlf.md) "
+                              "or a directory")
+        self._check_folder(out)
         blob = self._blob(package_params, vectors)
         if out.suffix == ".tar":
             atomic_write(out, self._tar(blob))
@@ -138,6 +148,11 @@ class FactoryModule:
         else:
             atomic_write(out, self._link(blob))
         return str(out)
+
+    @staticmethod
+    def _check_folder(out: Path) -> None:
+        if not out.parent.is_dir():
+            raise ExportError(f"cannot export to '{out}': folder {out.parent} does not exist")
 
     def _vectors(self, test_inputs: TestInputs) -> dict[str, list[VectorData]]:
         """test_inputs checked, and each set run on this factory: {model: [(inputs, outputs)]}."""
@@ -173,13 +188,7 @@ class FactoryModule:
                     "models": self.models, "link_command": link_command(self.target, objects)}
         members["manifest.json"] = json.dumps(manifest, indent=1, sort_keys=True).encode()
         members["lib.so"] = self._link(blob)
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for name in sorted(members):
-                info = tarfile.TarInfo(name)
-                info.size, info.mode, info.mtime = len(members[name]), 0o644, 0
-                tar.addfile(info, io.BytesIO(members[name]))
-        return buf.getvalue()
+        return tar_bytes(members)
 
     def export_params(self, path: str | os.PathLike) -> str:
         """Write the weights to a .safetensors file (keys "<model>/<name>" for several models)."""

@@ -1,4 +1,5 @@
-"""Compression for shipping: a library as one zstd-compressed file (.so.zst).
+"""Packing for shipping: a library as one zstd-compressed file (.so.zst), and the
+deterministic tars of the .tar and .mlf.tar exports.
 
 Lossless; the frame records its content size, which the loader checks before
 decompressing. kiln.load_module accepts the .so.zst directly.
@@ -6,7 +7,9 @@ decompressing. kiln.load_module accepts the .so.zst directly.
 
 from __future__ import annotations
 
+import io
 import os
+import tarfile
 from pathlib import Path
 
 from ..errors import ExportError, FormatError
@@ -38,3 +41,15 @@ def pack(path: str | os.PathLike, out: str | os.PathLike | None = None, *,
     inspect_file(data, name=str(src)).release()  # ship what was checked: never a damaged file
     atomic_write(dest, compress(data, level))
     return str(dest)
+
+
+def tar_bytes(members: dict[str, bytes]) -> bytes:
+    """An uncompressed POSIX tar of members (path -> bytes), in name order, mode 0644, time 0:
+    the same members always give the same bytes."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in sorted(members):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(members[name]), 0o644, 0
+            tar.addfile(info, io.BytesIO(members[name]))
+    return buf.getvalue()

@@ -90,6 +90,7 @@ def _line(ctx: KernelContext, g: ConvGeometry) -> str:
     inside = " && ".join(f"i{j} >= 0 && i{j} < {size[j]}" for j in range(nd - 1)) or "1"
     row_at = flat_index([f"i{j}" for j in range(nd - 1)], size[:-1])
     run = (f"const int64_t ol = q % {last}, row = q / {last};\n"
+           "(void)row; /* a 1-D conv has no outer dims */\n"
            f"const int64_t run = {last} - ol < pn - p ? {last} - ol : pn - p;\n"
            f"{outer}const int inside = {inside};\n"
            f"const float* restrict xr = inside ? xc + ({row_at}) * {il} + off : xc;\n"
@@ -222,7 +223,7 @@ def sgemm_conv(ctx: KernelContext, g: ConvGeometry) -> str:
         call = Call(m="mn", n="pn", k=str(cg), a=f"{ctx.ins[1]} + (g * {mg} + m0) * {cg}",
                     a_rs=str(cg), a_cs="1", epilogue=epilogue,
                     b=f"{ctx.ins[0]} + (n * {g.in_channels} + g * {cg}) * {positions} + p0",
-                    b_rs=str(positions), b_cs="1", **where)
+                    b_rs=str(positions), b_cs="1", k_max=cg, n_max=tile, **where)
         return _loops(g, positions, tile, head + call.render(), work)
     last = "NULL" if epilogue == "NULL" else f"pc + kc == {reduction} ? {epilogue} : NULL"
     call = Call(m="mn", n="pn", k="kc", a=f"{ctx.ins[1]} + (g * {mg} + m0) * {reduction} + pc",
@@ -231,7 +232,7 @@ def sgemm_conv(ctx: KernelContext, g: ConvGeometry) -> str:
     slices = (f"for (int64_t pc = 0; pc < {reduction}; pc += {KC}) {{\n"
               + indent(f"const int64_t kc = {reduction} - pc < {KC} ? {reduction} - pc : {KC};\n"
                        f"{_fill(ctx, g)}\n{call.render()}") + "\n}")
-    body = (head + f"float* restrict col = kiln_scratch(1, {KC * tile});\n"
+    body = (head + f"float* restrict col = kiln_scratch(1, {min(KC, reduction) * tile});\n"
             f"float line[{tile}] {ALIGNED};\n"
             f"for (int64_t p = pn; p < {tile}; ++p) line[p] = 0;\n" + slices)
     return _loops(g, positions, tile, body, work)

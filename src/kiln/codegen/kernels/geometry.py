@@ -96,6 +96,6 @@ def tile_loops(g: ConvGeometry, positions: int, tile: int, body: str, *, work: i
     part = (f"for (int64_t part = 0; part < parts; ++part) {{\n{indent(part_bounds)}\n"
             f"{indent(body)}\n}}")
     return ("#pragma omp parallel\n{\n"
-            f"const int64_t want = (omp_get_num_threads() + {tiles - 1}) / {tiles};\n"
+            f"const int64_t want = (kiln_team_size() + {tiles - 1}) / {tiles};\n"
             f"const int64_t parts = want < {max_parts} ? want : {max_parts};\n"
             f"#pragma omp for schedule(static) collapse(4)\n{loops}\n{part}\n}}")

@@ -139,7 +139,8 @@ def _sgemm_product(ctx: KernelContext, p: _Product, value: Value | None) -> str:
         {"b": f"{ctx.ins[1]} + {p.b_offset} + j0 * {b_cs}", "b_rs": str(b_rs), "b_cs": str(b_cs)}
     call = Call(m="mn", n="nn", k=str(p.k), a=f"{ctx.ins[0]} + {p.a_offset} + i0 * {a_rs}",
                 a_rs=str(a_rs), a_cs=str(a_cs), c=f"{ctx.outs[0]} + {origin}", ldc=str(p.n),
-                epilogue=tile_epilogue(ctx, p.n, value), origin=origin, row="i0", col="j0", **b)
+                epilogue=tile_epilogue(ctx, p.n, value), origin=origin, row="i0", col="j0",
+                k_max=p.k, n_max=cols, **b)
     body = (f"const int64_t mn = {p.m} - i0 < {rows} ? {p.m} - i0 : {rows};\n"
             f"const int64_t nn = {p.n} - j0 < {cols} ? {p.n} - j0 : {cols};\n{call.render()}")
     trips = p.batch * -(-p.m // rows) * -(-p.n // cols)

@@ -130,6 +130,7 @@ class Plane:
         start = self._at(row, f"k{nd - 1} * {a['dilations'][-1]}")
         taps = nest([(f"k{j}", kernel[j]) for j in range(nd)],
                     f"const int64_t kidx = {kidx};\n"
+                    "(void)kidx; /* a max pool's tap does not need it */\n"
                     f"const {t}* restrict xr = xp + {start};\n{tap}")
         body = (f"{t} acc[{out[-1]}] {ALIGNED};\n" + loop("ol", out[-1], f"acc[ol] = {init};")
                 + f"\n{taps}\n" + loop("ol", out[-1], store))

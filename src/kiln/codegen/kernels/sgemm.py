@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ...ops.layout import PANEL
-from ..gemm import ROW_STEP
+from ..gemm import KC, NC, ROW_STEP
 from .loops import indent
 from .registry import ALIGNED, PARALLEL_TRIPS, KernelContext, ctype, worth_threads
 
@@ -29,6 +29,12 @@ Value = Callable[[str, str, str], str]
 
 def round_up(x: int, step: int) -> int:
     return -(-x // step) * step
+
+
+def pack_floats(k: int, n: int) -> int:
+    """The floats of scratch slot 0 the driver takes to pack a run-time B of k x n (what
+    kiln_sgemm asks for: one KC x NC block at most, in whole panels)."""
+    return max(1, min(k, KC)) * round_up(max(1, min(n, NC)), PANEL)
 
 
 def writes_raw(ctx: KernelContext) -> bool:
@@ -59,8 +65,10 @@ def tile_epilogue(ctx: KernelContext, ld: int, value: Value | None) -> str:
         "        const int64_t row = at->row + m0 + r;\n"
         f"        const int64_t first = at->origin + (m0 + r) * {ld} + n0;\n"
         f"        const int64_t outer = first / {ld}, inner0 = first % {ld};\n"
+        "        (void)row; (void)outer; (void)inner0; /* the value may not need them */\n"
         "        for (int64_t j = 0; j < cols; ++j) {\n"
         "            const int64_t o = first + j, col = at->col + n0 + j;\n"
+        "            (void)col;\n"
         f"            {store}\n"
         "        }\n"
         "    }\n"
@@ -92,8 +100,10 @@ def tile_epilogue_t(ctx: KernelContext, ld: int, value: Value | None) -> str:
         f"    {t} done[{ROW_STEP * PANEL}] {ALIGNED};\n"
         "    for (int64_t r = 0; r < rows; ++r) {\n"
         "        const int64_t row = at->row + m0 + r;\n"
+        "        (void)row; /* the value may not need it */\n"
         "        for (int64_t j = 0; j < cols; ++j) {\n"
         "            const int64_t col = at->col + n0 + j, outer = at->origin + col;\n"
+        "            (void)outer;\n"
         f"            done[r * {PANEL} + j] = {v};\n"
         "        }\n"
         "    }\n"
@@ -129,12 +139,18 @@ class Call:
     origin: str = "0"
     row: str = "0"
     col: str = "0"
+    # Upper bounds of k and n, where b is packed at run time: the rendered call states the
+    # scratch it takes (kiln/export/mlf.py sizes a workspace from it).
+    k_max: int = KC
+    n_max: int = NC
 
     def render(self) -> str:
         tile = (f"    struct kiln_tile at = {{args, {self.origin}, {self.row}, {self.col}}};\n"
                 if self.epilogue != "NULL" else "")
         ctx = "&at" if tile else "NULL"
-        return (f"{{\n{tile}"
+        packs = (f"    /* B packed at run time: kiln_scratch(0, "
+                 f"{pack_floats(self.k_max, self.n_max)}) */\n" if self.b_panels == "NULL" else "")
+        return (f"{{\n{packs}{tile}"
                 f"    const struct kiln_gemm call = {{{self.a}, {self.a_rs}, {self.a_cs}, "
                 f"{self.b}, {self.b_rs}, {self.b_cs}, {self.b_panels}, {self.panel_stride}, "
                 f"{self.c}, {self.ldc}, {self.accumulate}, {self.epilogue}, {ctx}}};\n"
