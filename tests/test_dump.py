@@ -15,8 +15,10 @@ from kiln.cli import main
 from kiln.pipeline import PASSES, STEPS
 from tests.e2e.models import mlp, resnet18_like
 
-# The layout kiln/dump.py documents: the import IR, then one file per step of STEPS.
-STEP_FILES = ["00-import.ir", *(f"{k:02d}-{s.name}.{'ir' if s.name in dict(PASSES) else 'txt'}"
+# The layout kiln/dump.py documents: the import IR, then one file per step of STEPS (IR
+# text for the IR passes and the partition step, which replaces regions in the IR).
+IR_STEPS = {*dict(PASSES), "partition"}
+STEP_FILES = ["00-import.ir", *(f"{k:02d}-{s.name}.{'ir' if s.name in IR_STEPS else 'txt'}"
                                 for k, s in enumerate(STEPS, start=1))]
 
 

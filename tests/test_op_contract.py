@@ -3,8 +3,9 @@
 template honours.
 
 The rules checked here:
-- every op but the views (kind VIEW: no kernel runs) has exactly one template, and every
-  template belongs to an op;
+- every op but the views (kind VIEW: no kernel runs) and the external op (kind EXTERNAL: an
+  external engine runs it, docs/byoc.md) has exactly one template, and every template
+  belongs to an op;
 - an op declaring epilogue=True has one output and its template writes it only through
   ctx.store (so fusion can append an elementwise chain); an op declaring False has several
   outputs or writes them directly;
@@ -28,8 +29,18 @@ from kiln.codegen.kernels import KernelContext, all_kernels, get_kernel
 from kiln.codegen.kernels.registry import kernel
 from kiln.errors import UnsupportedOpError, VerificationError
 from kiln.ir import Node, TensorType
-from kiln.ops import ELEMENTWISE, REQUIRED, VIEW, GraphBuilder, all_ops, get_op, verify
+from kiln.ops import (
+    ELEMENTWISE,
+    EXTERNAL,
+    REQUIRED,
+    VIEW,
+    GraphBuilder,
+    all_ops,
+    get_op,
+    verify,
+)
 from kiln.ops.elementwise import BINARY, COMPARE, LOGICAL, UNARY
+from kiln.ops.external import GRAPH_FORMAT, GRAPH_VERSION, write_graph
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "kiln"
 
@@ -44,6 +55,13 @@ RESIZE = {"sizes": (1, 1, 4, 4), "scales": (1.0, 1.0, 2.0, 2.0), "roi": (0,) * 4
           "mode": "linear", "coordinate_mode": "half_pixel", "nearest_mode": "floor",
           "cubic_coeff_a": -0.75, "exclude_outside": False, "antialias": False,
           "extrapolation_value": 0.0}
+# A region of one relu handed to the reference backend, in the docs/byoc.md JSON format.
+EXTERNAL_GRAPH = write_graph({
+    "format": GRAPH_FORMAT, "version": GRAPH_VERSION, "function": "ext0", "backend": "reference",
+    "nodes": [{"op": "input", "name": "x0", "shape": [2, 3], "dtype": F},
+              {"op": "relu", "attrs": {}, "inputs": [[0, 0]],
+               "outputs": [{"shape": [2, 3], "dtype": F}]}],
+    "inputs": [0], "constants": [], "outputs": [[1, 0]]})
 
 # One node of every op that is not a plain unary/binary elementwise op.
 SAMPLES: dict[str, Sample] = {
@@ -88,6 +106,8 @@ SAMPLES: dict[str, Sample] = {
     "topk": ([((2, 5), F)], {"k": 2, "axis": 1}),
     "resize": ([((1, 1, 2, 2), F)], RESIZE),
     "reshape": ([((2, 3), F)], {"shape": (3, 2)}),
+    "external": ([((2, 3), F)],
+                 {"backend": "reference", "function": "ext0", "graph": EXTERNAL_GRAPH}),
 }
 
 
@@ -126,15 +146,18 @@ def _render(node: Node) -> str:
 
 
 OPS = sorted(all_ops())
-KERNEL_OPS = [op for op in OPS if get_op(op).kind != VIEW]
+NO_KERNEL = (VIEW, EXTERNAL)  # the kinds no C template runs
+KERNEL_OPS = [op for op in OPS if get_op(op).kind not in NO_KERNEL]
 
 
-def test_every_op_but_views_has_one_template_and_every_template_an_op():
+def test_every_op_but_views_and_external_has_one_template_and_every_template_an_op():
     templates = set(all_kernels())
-    views = {op for op in OPS if get_op(op).kind == VIEW}
+    kernelless = {op for op in OPS if get_op(op).kind in NO_KERNEL}
+    assert {get_op(op).kind for op in kernelless} == set(NO_KERNEL)  # both kinds exist
     assert sorted(set(KERNEL_OPS) - templates) == []  # an op without a template
     assert sorted(templates - set(OPS)) == []  # a template without an op
-    assert sorted(views & templates) == []  # a view with a template
+    assert sorted(kernelless & templates) == []  # a view or external op with a template
+    assert not any(get_op(op).epilogue for op in kernelless)  # no kernel, so no epilogue
     with pytest.raises(ValueError, match="registered twice"):
         kernel("relu")(lambda ctx: "")
 

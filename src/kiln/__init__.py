@@ -6,6 +6,7 @@ BLAKE3; the compiler (build, frontend) is imported on first use.
 
 from ._version import __version__
 from .errors import (
+    BackendError,
     CompatibilityError,
     CompileError,
     ExportError,
@@ -39,9 +40,9 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "CompatibilityError", "CompileError", "Device", "ExportError", "FormatError", "GraphModule",
-    "InputError", "KilnError", "Library", "LimitError", "ModelImportError", "NotConstantError",
-    "ShapeError", "UnsupportedOpError", "VerificationError", "__version__", "build", "cpu",
-    "device", "from_onnx", "keygen", "link", "load_module", "load_params", "pack", "sign",
-    "verify",
+    "BackendError", "CompatibilityError", "CompileError", "Device", "ExportError",
+    "FormatError", "GraphModule", "InputError", "KilnError", "Library", "LimitError",
+    "ModelImportError", "NotConstantError", "ShapeError", "UnsupportedOpError",
+    "VerificationError", "__version__", "build", "cpu", "device", "from_onnx", "keygen", "link",
+    "load_module", "load_params", "pack", "sign", "verify",
 ]

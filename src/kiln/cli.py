@@ -236,6 +236,11 @@ def library_summary(checked, path: str) -> dict:
             "memory_peak_bytes": spec["arena_bytes"],
             "memory_unplanned_bytes": spec["memory"]["unplanned_bytes"],
             "source": spec.get("source", {}),
+            # what went to external engines (docs/byoc.md): the nodes each function runs
+            "externals": {fn: {"backend": e["backend"], "prebuilt": "engine" in e,
+                               "ops": [n["op"] for n in e["graph"]["nodes"]
+                                       if n.get("op") not in ("input", "constant")]}
+                          for fn, e in spec.get("externals", {}).items()},
         }
     blob = checked.blob
     return {"path": path, "kiln_version": m["kiln_version"],
@@ -290,6 +295,9 @@ def inspect_cmd(library, as_json) -> None:
         for label, n in m["ops"].items():
             ops.add_row(label, str(n))
         console.print(ops)
+        for fn, e in m["externals"].items():
+            console.print(f"external {fn} on {e['backend']}{' (prebuilt)' if e['prebuilt'] else ''}"
+                          f": {len(e['ops'])} nodes ({', '.join(e['ops'])})")
 
 
 @main.command("selftest")

@@ -8,6 +8,8 @@ exported with export_library.
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -21,6 +23,8 @@ from .ir import Module, Value
 from .pipeline import STEPS, Options, State, location, run_pipeline, verify_between_passes
 from .runtime.compat import physical_memory
 from .runtime.executor import EXECUTORS
+from .runtime.external.registry import get_backend
+from .runtime.offload import build_engine, engine_key
 
 
 def _tensor(name: str, v: Value, s: State, params: set[str]) -> dict[str, Any]:
@@ -48,8 +52,12 @@ def model_spec(s: State) -> dict[str, Any]:
         "source": s.mod.source,
         "build": {"passes": [step.name for step in STEPS]},
     }
-    if s.entry:
-        spec["entry"] = s.entry.name
+    if s.externals:
+        spec["externals"] = s.externals
+    if s.entries and not s.externals:
+        spec["entry"] = s.entries[0].name
+    elif s.entries or s.aot:
+        spec["aot"] = s.aot
     return spec
 
 
@@ -57,8 +65,30 @@ def compile_model(mod: Module, options: Options) -> CompiledModel:
     """Compile one bound module: its manifest entry, weights and objects."""
     s = run_pipeline(mod, options)
     weights = {p.name: np.asarray(s.mod.params[p.name], order="C") for p in s.mod.graph.params}
+    engines = _prebuild(s, weights) if options.prebuild else {}
     return CompiledModel(s.mod.name, model_spec(s), weights, s.objects,
-                         {u.name: u.source for u in s.units})
+                         {u.name: u.source for u in s.units}, engines)
+
+
+def _prebuild(s: State, weights: dict[str, np.ndarray]) -> dict[str, tuple[bytes, str]]:
+    """Each external function's engine built now, serialized, with its compatibility key
+    ({function: (bytes, key)}), for the backends that can serialize one and are installed
+    here (the others build theirs at load; a warning says so)."""
+    engines = {}
+    for function, ext in sorted(s.externals.items()):
+        cls, graph = get_backend(ext["backend"]), ext["graph"]
+        where = f"model '{s.mod.name}' function '{function}'"
+        if not cls.available():
+            warnings.warn(f"{where}: cannot prebuild its {cls.name} engine: the backend is not "
+                          f"installed here (pip install {cls.package}); it is built at load",
+                          stacklevel=4)
+            continue
+        constants = {str(graph["nodes"][i]["name"]): weights[str(graph["nodes"][i]["name"])]
+                     for i in graph["constants"]}
+        data = build_engine(cls, graph, constants, where).export_engine()
+        if data is not None:
+            engines[function] = (data, engine_key(cls, graph, constants))
+    return engines
 
 
 def _model_params(mods: dict[str, Module], params: dict[str, np.ndarray],
@@ -96,6 +126,9 @@ def build(
     progress: bool | None = None,
     max_memory: int | None = None,
     dump: str | os.PathLike | None = None,
+    offload: Sequence[str] = (),
+    offload_min_nodes: int = 1,
+    prebuild: bool = False,
 ) -> FactoryModule:
     """Compile a module, or several ({model name: module}), for target into one factory.
 
@@ -112,6 +145,12 @@ def build(
 
     dump: a folder to write every compilation step's result into (kiln/dump.py has the
     layout). Default: $KILN_DUMP, else none.
+
+    offload: external backends ("onnxruntime", "openvino", "reference", or one registered by
+    a package), in priority order: each region of nodes a backend supports runs on its
+    engine (docs/byoc.md); regions under offload_min_nodes nodes stay on kiln's kernels.
+    prebuild: build those engines now and store them in the library (where the backend can
+    serialize its engine), instead of at load.
     """
     if executor not in EXECUTORS:
         raise CompileError(f"unknown executor {executor!r}; choose one of {list(EXECUTORS)}")
@@ -119,9 +158,12 @@ def build(
         max_memory = physical_memory()
     elif isinstance(max_memory, bool) or not isinstance(max_memory, int) or max_memory < 0:
         raise LimitError(f"max_memory must be a byte count (an int >= 0), got {max_memory!r}")
+    for name in offload:
+        get_backend(name)  # an unknown name is refused now, listing the known ones
     options = Options(resolve_target(target), executor=executor, max_memory=max_memory,
                       progress=progress, verify=verify_between_passes(),
-                      dump=root_folder(dump))
+                      dump=root_folder(dump), offload=tuple(offload),
+                      offload_min_nodes=offload_min_nodes, prebuild=prebuild)
     mods = mod if isinstance(mod, dict) else {"default": mod}
     weights = _model_params(mods, params or {}, model_params or {})
     compiled = {name: compile_model(replace(m, name=name).bind(weights[name]), options)

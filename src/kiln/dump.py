@@ -107,16 +107,19 @@ def _args(names: list[str], locs: list[dict[str, Any]]) -> str:
     return ", ".join(_arg(n, loc) for n, loc in zip(names, locs, strict=True)) or "-"
 
 
-def calls_text(calls: list[dict[str, Any]], entry: str | None) -> str:
-    """The kernels in run order (manifest entries): C function, fused ops, node, arguments."""
+def calls_text(calls: list[dict[str, Any]], aot: list[dict[str, str]]) -> str:
+    """The kernels in run order (manifest entries): C function (or external function),
+    fused ops, node, arguments; then the aot steps (entry points and external steps)."""
     lines = []
     for k, c in enumerate(calls):
         n = len(c["inputs"])
-        lines += [f"{k:4d} {c['func']}: {c['label']} (node '{c['node']}')",
+        what = c["func"] if "func" in c else f"external {c['external']}"
+        lines += [f"{k:4d} {what}: {c['label']} (node '{c['node']}')",
                   f"       in  {_args(c['inputs'], c['args'][:n])}",
                   f"       out {_args(c['outputs'], c['args'][n:])}"]
-    if entry:
-        lines.append(f"entry point {entry}: calls the kernels above in this order")
+    for step in aot:
+        lines.append(f"entry point {step['entry']}: calls its run of the kernels above"
+                     if "entry" in step else f"external step {step['external']}")
     return "\n".join(lines) + "\n"
 
 

@@ -56,3 +56,8 @@ class InputError(KilnError):
 
 class ExportError(KilnError):
     """An export was asked for in a form kiln cannot write (unknown suffix, bad path)."""
+
+
+class BackendError(KilnError):
+    """An external engine (a `kiln.backends` backend) is unknown, not installed here, or
+    failed to build or run a function handed to it."""

@@ -10,6 +10,7 @@ written there as text (layout: kiln/dump.py).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,13 +24,15 @@ from .codegen.target import Target
 from .codegen.toolchain import compile_kernels
 from .errors import KilnError
 from .ir import Module, Value
-from .ops import verify
+from .ops import EXTERNAL, get_op, verify
 from .passes.dce import eliminate_dead_code
 from .passes.fold import fold_constants
 from .passes.fuse import KernelGroup, fuse
 from .passes.layout import pack_conv_weights, pack_gemm_weights, transform_winograd_weights
 from .passes.memory_plan import MemoryPlan, check_arena, plan_memory
+from .passes.partition import partition
 from .passes.simplify import fold_batch_norm, pretranspose_gemm_weights
+from .runtime.external.registry import get_backend
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ class Options:
     progress: bool | None = None  # a progress bar while compiling (None: on a terminal)
     verify: bool = False  # run the IR verifier after every IR step
     dump: Path | None = None  # write every step's result under this folder
+    offload: tuple[str, ...] = ()  # external backends, in priority order (docs/byoc.md)
+    offload_min_nodes: int = 1  # smaller regions stay on kiln's kernels
+    prebuild: bool = False  # build the external engines now and store them
 
 
 @dataclass
@@ -54,13 +60,18 @@ class State:
     plan: MemoryPlan = field(default_factory=MemoryPlan)  # plan_memory
     sources: list[KernelSource] = field(default_factory=list)  # render: one per group
     calls: list[dict[str, Any]] = field(default_factory=list)  # render: the manifest's kernels
-    entry: KernelSource | None = None  # render, for executor="aot": the entry point
+    # render, for executor="aot": the entry points, one per run of native kernels between
+    # external steps (one in all without externals)
+    entries: list[KernelSource] = field(default_factory=list)
+    aot: list[dict[str, str]] = field(default_factory=list)  # render: the aot steps, in order
+    externals: dict[str, dict[str, Any]] = field(default_factory=dict)  # render: by function
     objects: dict[str, bytes] = field(default_factory=dict)  # compile: name -> object code
 
     @property
     def units(self) -> list[KernelSource]:
-        """Every C unit to compile: the kernels, then the entry point if there is one."""
-        return [*self.sources, *([self.entry] if self.entry else [])]
+        """Every C unit to compile: the kernels, then the entry points (each once)."""
+        entries = {e.name: e for e in self.entries}
+        return [*self.sources, *entries.values()]
 
 
 def location(v: Value, plan: MemoryPlan, params: set[str]) -> dict[str, Any]:
@@ -82,6 +93,16 @@ def _pass(run: Callable[[Module], Module]) -> Callable[[State], None]:
     return step
 
 
+def _partition(s: State) -> None:
+    """Hand each region of nodes an offload backend supports to it (docs/byoc.md)."""
+    if not s.options.offload:
+        return
+    backends = [(name, get_backend(name).supports) for name in s.options.offload]
+    s.mod = partition(s.mod, backends, min_nodes=s.options.offload_min_nodes)
+    if s.options.verify:
+        verify(s.mod)
+
+
 def _fuse(s: State) -> None:
     s.groups = fuse(s.mod)
 
@@ -92,15 +113,46 @@ def _plan_memory(s: State) -> None:
 
 
 def _render(s: State) -> None:
-    s.sources = [render_kernel(g) for g in s.groups]
+    native = [g for g in s.groups if get_op(g.anchor.op).kind != EXTERNAL]
+    s.sources = [render_kernel(g) for g in native]
+    names = {id(g): k.name for g, k in zip(native, s.sources, strict=True)}
     params = {p.name for p in s.mod.graph.params}
-    s.calls = [{"func": k.name, "label": g.label, "node": g.anchor.name,
+    s.calls = []
+    for g in s.groups:
+        call = {"label": g.label, "node": g.anchor.name,
                 "shapes": [list(v.type.shape) for v in g.outputs],
                 "inputs": [v.name for v in g.inputs], "outputs": [v.name for v in g.outputs],
                 "args": [location(v, s.plan, params) for v in [*g.inputs, *g.outputs]]}
-               for g, k in zip(s.groups, s.sources, strict=True)]
+        if id(g) in names:
+            s.calls.append({"func": names[id(g)], **call})
+            continue
+        attrs = g.anchor.attrs
+        s.externals[attrs["function"]] = {"backend": attrs["backend"],
+                                          "graph": json.loads(attrs["graph"])}
+        s.calls.append({"external": attrs["function"], **call,
+                        "label": f"external:{attrs['backend']}"})
     if s.options.executor == "aot":
-        s.entry = render_entry(s.calls, sorted(params))
+        _render_entries(s, sorted(params))
+
+
+def _render_entries(s: State, params: list[str]) -> None:
+    """The aot entry points: one per run of native kernels between external steps (one in
+    all, even for no kernels, without externals)."""
+    if not s.externals:
+        s.entries = [render_entry(s.calls, params)]
+        s.aot = [{"entry": s.entries[0].name}]
+        return
+    run: list[dict[str, Any]] = []
+    for call in [*s.calls, None]:
+        if call is not None and "func" in call:
+            run.append(call)
+            continue
+        if run:
+            s.entries.append(render_entry(run, params))
+            s.aot.append({"entry": s.entries[-1].name})
+            run = []
+        if call is not None:
+            s.aot.append({"external": call["external"]})
 
 
 def _compile(s: State) -> None:
@@ -122,8 +174,7 @@ def _show_plan(s: State, stem: str) -> dict[str, str]:
 
 
 def _show_sources(s: State, stem: str) -> dict[str, str]:
-    entry = s.entry.name if s.entry else None
-    return {f"{stem}.txt": dump.calls_text(s.calls, entry),
+    return {f"{stem}.txt": dump.calls_text(s.calls, s.aot),
             **{f"c/{k.name}.c": k.source for k in s.units}}
 
 
@@ -153,8 +204,11 @@ PASSES: list[tuple[str, Callable[[Module], Module]]] = [
 ]
 
 # The whole compilation, in order: the IR passes, then the lowering to object code.
+_SPLIT = [name for name, _ in PASSES].index("fold_constants_again") + 1
 STEPS: list[Step] = [
-    *(Step(name, _pass(run), _show_ir) for name, run in PASSES),  # IR -> IR
+    *(Step(name, _pass(run), _show_ir) for name, run in PASSES[:_SPLIT]),  # IR -> IR
+    Step("partition", _partition, _show_ir),  # regions an offload backend takes (byoc.md)
+    *(Step(name, _pass(run), _show_ir) for name, run in PASSES[_SPLIT:]),  # IR -> IR
     Step("fuse", _fuse, _show_groups),  # IR -> kernel groups (anchor + elementwise epilogue)
     Step("plan_memory", _plan_memory, _show_plan),  # -> arena offsets; refused over max_memory
     Step("render", _render, _show_sources),  # -> one C function per group (+ the AOT entry)

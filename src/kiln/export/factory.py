@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from ..errors import ExportError
 from ..runtime.blob import CODE_DIGEST_OFFSET, SECTION, code_digest, digest, write_blob
 from ..runtime.device import cpu
 from ..runtime.elf import read_elf
+from ..runtime.external.registry import get_backend
 from ..runtime.files import atomic_write
 from ..runtime.library import Library, load_module
 from ..runtime.params import save_params
@@ -55,6 +57,21 @@ class CompiledModel:
     weights: dict[str, np.ndarray]
     objects: dict[str, bytes]
     sources: dict[str, str]
+    # prebuilt external engines: {function: (engine bytes, compatibility key)} (byoc.md)
+    engines: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+
+
+def _externals(m: CompiledModel, store: Callable[[np.ndarray], int]) -> dict[str, Any]:
+    """m's external functions as the manifest records them, each prebuilt engine stored as
+    a weight region (docs/byoc.md)."""
+    out = {}
+    for function, ext in m.spec["externals"].items():
+        out[function] = dict(ext)
+        if function in m.engines:
+            data, key = m.engines[function]
+            out[function]["engine"] = {"weight": store(np.frombuffer(data, np.uint8)),
+                                       "key": key}
+    return out
 
 
 class FactoryModule:
@@ -98,6 +115,8 @@ class FactoryModule:
                                "dtype": array.dtype.name,
                                "weight": store(array) if package_params else None})
             models[name] = dict(m.spec, params=params)
+            if "externals" in m.spec:
+                models[name]["externals"] = _externals(m, store)
         for name, data in sorted((vectors or {}).items()):
             models[name]["selftest"] = [vector_entry(inputs, outputs, store)
                                         for inputs, outputs in data]
@@ -122,6 +141,7 @@ class FactoryModule:
         several models) to run now and embed with their outputs as self-test vectors
         (Library.selftest, `kiln selftest`); checked first, InputError if they do not fit.
         """
+        self._warn_backends()
         vectors = self._vectors(test_inputs) if test_inputs is not None else None
         out = Path(path)
         if out.name.endswith(".mlf.tar"):
@@ -148,6 +168,18 @@ class FactoryModule:
         else:
             atomic_write(out, self._link(blob))
         return str(out)
+
+    def _warn_backends(self) -> None:
+        """Warn about each external backend (docs/byoc.md) that is not installed here: the
+        library loads only where it is."""
+        for name, m in sorted(self.compiled.items()):
+            for function, ext in sorted(m.spec.get("externals", {}).items()):
+                cls = get_backend(ext["backend"])
+                if not cls.available():
+                    warnings.warn(f"model '{name}' runs function '{function}' on the external "
+                                  f"backend '{cls.name}', which is not installed here: the "
+                                  f"machine that loads this library needs it (pip install "
+                                  f"{cls.package})", stacklevel=3)
 
     @staticmethod
     def _check_folder(out: Path) -> None:

@@ -166,6 +166,13 @@ def _prepare(name: str, model: CompiledModel, idents: set[str]) -> _Model:
     """A model's archive view; ExportError when a kernel has no C source."""
     spec = model.spec
     for k in spec["kernels"]:
+        if "external" in k:
+            backend = spec["externals"][k["external"]]["backend"]
+            raise ExportError(
+                f"cannot write a Model Library Format archive: model '{name}' runs function "
+                f"'{k['external']}' ({k['node']}) on the external backend '{backend}' "
+                "(docs/byoc.md), and the format holds C only; build it without offload, or "
+                "export it as .so")
         if k["func"] not in model.sources:
             raise ExportError(
                 f"cannot write a Model Library Format archive: model '{name}' kernel "

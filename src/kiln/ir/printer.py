@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # graph.py imports this module to print a Module
@@ -13,8 +14,8 @@ def _fmt_attr(value: Any) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_fmt_attr(v) for v in value) + "]"
-    if isinstance(value, str):
-        return f'"{value}"'
+    if isinstance(value, str):  # quoted and escaped: an external node's graph is JSON text
+        return json.dumps(value, ensure_ascii=False)
     return str(value)
 
 

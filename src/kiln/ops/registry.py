@@ -28,6 +28,7 @@ ReferenceFn = Callable[[list[np.ndarray], Attrs], list[np.ndarray]]
 OPAQUE = "opaque"  # a kernel of its own
 ELEMENTWISE = "elementwise"  # one output element from the same-index input elements
 VIEW = "view"  # output is the input's bytes reinterpreted (reshape-like): no kernel
+EXTERNAL = "external"  # runs on an external engine (docs/byoc.md): no C template, no epilogue
 
 
 class _Required:
@@ -75,13 +76,13 @@ _OPS: dict[str, OpDef] = {}
 def register(name: str, *, infer: InferFn, reference: ReferenceFn, kind: str = OPAQUE,
              attrs: Mapping[str, Any] | None = None, epilogue: bool | None = None) -> OpDef:
     """Register an IR op; each name may be registered once. epilogue defaults to True for
-    ops with a kernel (opaque, elementwise) and is always False for views."""
+    ops with a kernel (opaque, elementwise) and is always False for views and external ops."""
     if name in _OPS:
         raise ValueError(f"op {name} registered twice")
     if epilogue is None:
-        epilogue = kind != VIEW
-    if kind == VIEW and epilogue:
-        raise ValueError(f"view op {name} has no kernel, so it cannot take an epilogue")
+        epilogue = kind not in (VIEW, EXTERNAL)
+    if kind in (VIEW, EXTERNAL) and epilogue:
+        raise ValueError(f"{kind} op {name} has no kernel, so it cannot take an epilogue")
     op = OpDef(name, infer, reference, kind, MappingProxyType(dict(attrs or {})), epilogue)
     _OPS[name] = op
     return op

@@ -11,7 +11,9 @@ Native calls release the GIL, so executors may run in different threads at once.
 from __future__ import annotations
 
 import ctypes
+import functools
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,6 +21,7 @@ import numpy as np
 from ..errors import FormatError, InputError, KilnError, LimitError
 from .compat import physical_memory
 from .device import Device
+from .offload import external_step
 
 if TYPE_CHECKING:
     from .library import Library
@@ -198,19 +201,24 @@ class Executor:
 
 
 class GraphExecutor(Executor):
-    """Steps through the model's kernels from Python, one native call each."""
+    """Steps through the model's kernels from Python, one native call each (an external
+    function's step runs its engine: kiln/runtime/offload.py)."""
 
     def _bind(self) -> None:
-        self.calls = []
+        self.calls: list[Callable[[], Any]] = []
         for k in self.spec["kernels"]:
+            if "external" in k:
+                self.calls.append(external_step(self, k))
+                continue
             fn = _native(self.lib, str(k["func"]), [ctypes.c_void_p])
             ptrs = [self._pointer(loc) for loc in k["args"]]
-            self.calls.append((fn, (ctypes.c_void_p * len(ptrs))(*ptrs)))
+            self.calls.append(functools.partial(fn, (ctypes.c_void_p * len(ptrs))(*ptrs)))
+        self._native_steps = sum("external" not in k for k in self.spec["kernels"])
 
     def _run(self) -> None:
-        for fn, args in self.calls:
-            fn(args)
-        self.native_calls += len(self.calls)
+        for call in self.calls:
+            call()
+        self.native_calls += self._native_steps
 
     def profile(self, repeat: int = 10) -> list[dict[str, Any]]:
         """Time each kernel (best of repeat runs): op names, output shapes, milliseconds."""
@@ -218,9 +226,9 @@ class GraphExecutor(Executor):
         self._set_threads(self.num_threads)
         best = [float("inf")] * len(self.calls)
         for _ in range(max(1, repeat)):
-            for k, (fn, args) in enumerate(self.calls):
+            for k, call in enumerate(self.calls):
                 start = time.perf_counter()
-                fn(args)
+                call()
                 best[k] = min(best[k], time.perf_counter() - start)
         self.lib.check_weights()
         return [{"kernel": k["label"], "node": k["node"], "shapes": k["shapes"], "ms": t * 1e3}
@@ -228,16 +236,27 @@ class GraphExecutor(Executor):
 
 
 class AotExecutor(Executor):
-    """Runs the whole model in one native call to the compiler-generated entry point."""
+    """Runs the whole model in one native call to the compiler-generated entry point; with
+    external functions, the entry is split at them: "aot" lists the native segments and the
+    external steps in order (kiln/runtime/offload.py runs those)."""
 
     def _bind(self) -> None:
-        self.entry = _native(self.lib, str(self.spec["entry"]),
-                             [ctypes.c_void_p, ctypes.c_void_p])
         ptrs = [self.params[str(p["name"])].ctypes.data for p in self.spec["params"]]
         self.param_table = (ctypes.c_void_p * max(1, len(ptrs)))(*ptrs)
+        steps = self.spec.get("aot") or [{"entry": self.spec["entry"]}]
+        externals = {str(k["external"]): k for k in self.spec["kernels"] if "external" in k}
+        self.steps: list[Callable[[], Any]] = []
+        for step in steps:
+            if "external" in step:
+                self.steps.append(external_step(self, externals[str(step["external"])]))
+                continue
+            entry = _native(self.lib, str(step["entry"]), [ctypes.c_void_p, ctypes.c_void_p])
+            self.steps.append(functools.partial(entry, self.arena.ctypes.data,
+                                                self.param_table))
 
     def _run(self) -> None:
-        self.entry(self.arena.ctypes.data, self.param_table)
+        for step in self.steps:
+            step()
         self.native_calls += 1
 
 

@@ -43,6 +43,7 @@ from .device import Device, device
 from .elf import Reader, read_elf_at
 from .executor import EXECUTORS
 from .files import atomic_write
+from .offload import EngineCache, check_backends
 from .selftest import run_selftest
 from .signing import KeyLike, check_signature, fingerprint, load_private_key, raw_public
 from .source import CHUNK, FileSource, Source, default_max_size, open_source
@@ -73,6 +74,8 @@ class Library:
         self.native = native
         # Weights mapped from a file can vanish if it is truncated: see _guard_weights.
         self._guard = _guard_weights(checked, native)
+        # External engines (docs/byoc.md), built once and shared by this library's executors.
+        self.engines = EngineCache()
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -278,6 +281,11 @@ def load_module(source: str | os.PathLike | bytes | bytearray | memoryview, *,
     of them and always checks everything. max_size caps the bytes copied into memory.
     """
     checked = inspect_file(source, verify=verify, trusted_keys=trusted_keys, max_size=max_size)
+    try:
+        check_backends(checked.blob.manifest, checked.where)  # before any code is loaded
+    except KilnError:
+        checked.release()
+        raise
     with _LOADING:
         native = _LOADED.get(checked.blob.code_digest)
         if native is not None:

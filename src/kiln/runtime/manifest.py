@@ -206,10 +206,63 @@ _TENSOR = _record("a tensor {name, shape, dtype, loc}",
                   {"name": _STR, "shape": _shape, "dtype": _DTYPE, "loc": _loc})
 _PARAM = _record("a param {name, shape, dtype, weight}",
                  {"name": _STR, "shape": _shape, "dtype": _DTYPE, "weight": _nullable(_INDEX)})
-_KERNEL = _record("a kernel {func, label, node, shapes, args}",
-                  {"func": _symbol, "label": _STR, "node": _STR,
-                   "shapes": _list_of(_shape, "shapes"), "args": _list_of(_loc, "locations")},
-                  {"inputs": _strings, "outputs": _strings})
+_STEP_FIELDS = {"label": _STR, "node": _STR, "shapes": _list_of(_shape, "shapes"),
+                "args": _list_of(_loc, "locations")}
+_NATIVE = _record("a kernel {func, label, node, shapes, args}",
+                  {"func": _symbol, **_STEP_FIELDS}, {"inputs": _strings, "outputs": _strings})
+_EXTERNAL_STEP = _record("an external step {external, label, node, shapes, args}",
+                         {"external": _STR, **_STEP_FIELDS},
+                         {"inputs": _strings, "outputs": _strings})
+
+
+def _kernel(value: Any) -> None:
+    """A step of the model: a native kernel, or an external function's (docs/byoc.md)."""
+    (_EXTERNAL_STEP if type(value) is dict and "external" in value else _NATIVE)(value)
+
+
+def _indices(value: Any) -> None:
+    if type(value) is not list or any(type(i) is not int or i < 0 for i in value):
+        raise _Bad("be a list of node indices", value)
+
+
+def _entries(value: Any) -> None:
+    if type(value) is not list or any(
+            type(e) is not list or len(e) != 2 or any(type(i) is not int or i < 0 for i in e)
+            for e in value):
+        raise _Bad("be a list of [node index, output index] pairs", value)
+
+
+def _graph(value: Any) -> None:
+    """An external function's JSON graph (docs/byoc.md): its nodes, and indices into them
+    that exist; each node's content is its backend's to check when it builds the engine."""
+    _GRAPH(value)
+    count = len(value["nodes"])
+    for field in ("inputs", "constants"):
+        for k, i in enumerate(value[field]):
+            if i >= count:
+                raise _Bad(f"index one of the graph's {count} nodes", i).at(f".{field}[{k}]")
+    for k, (i, _) in enumerate(value["outputs"]):
+        if i >= count:
+            raise _Bad(f"index one of the graph's {count} nodes", i).at(f".outputs[{k}]")
+
+
+_GRAPH = _record("a kiln-external graph {nodes, inputs, constants, outputs}",
+                 {"nodes": _list_of(_is(dict, "a JSON object"), "nodes"), "inputs": _indices,
+                  "constants": _indices, "outputs": _entries})
+_ENGINE = _record("a prebuilt engine {weight, key}", {"weight": _INDEX, "key": _STR})
+_EXTERNAL = _record("an external function {backend, graph}",
+                    {"backend": _STR, "graph": _graph}, {"engine": _ENGINE})
+
+
+def _aot_step(value: Any) -> None:
+    if type(value) is dict and "external" in value:
+        _AOT_EXTERNAL(value)
+    else:
+        _AOT_ENTRY(value)
+
+
+_AOT_ENTRY = _record("an aot step {entry} or {external}", {"entry": _symbol})
+_AOT_EXTERNAL = _record("an aot step {entry} or {external}", {"external": _STR})
 _BUFFER = _record("a buffer {tensor, offset, size, first, last}",
                   {"tensor": _STR, "offset": _SIZE, "size": _SIZE, "first": _int(-1),
                    "last": _int(-1)})
@@ -231,9 +284,11 @@ _MODEL = _record("a model entry (a JSON object)",
                   "inputs": _list_of(_TENSOR, "tensors"),
                   "outputs": _list_of(_TENSOR, "tensors"),
                   "params": _list_of(_PARAM, "params"), "arena_bytes": _SIZE,
-                  "kernels": _list_of(_KERNEL, "kernels"), "memory": _MEMORY},
+                  "kernels": _list_of(_kernel, "kernels"), "memory": _MEMORY},
                  {"entry": _symbol, "ir": _STR, "source": _SOURCE, "build": _BUILD,
-                  "selftest": _list_of(_VECTOR, "self-test vectors")})
+                  "selftest": _list_of(_VECTOR, "self-test vectors"),
+                  "externals": _table_of(_EXTERNAL, "external function"),
+                  "aot": _list_of(_aot_step, "aot steps")})
 _TARGET = _record("a target {kind, triple, features, cflags, compiler}",
                   {"kind": _STR, "triple": _STR, "features": _strings, "cflags": _strings,
                    "compiler": _STR})
@@ -307,6 +362,32 @@ def _kernel_args(kernel: dict[str, Any], arena: int, params: set[str]) -> None:
             raise e.at(f".args[{j}]") from None
 
 
+def _external_refs(model: dict[str, Any], params: set[str], regions: int) -> None:
+    """External steps name a function of the model, whose constants are params and whose
+    prebuilt engine is a weight region."""
+    externals = model.get("externals", {})
+    steps = [(f".kernels[{k}]", s) for k, s in enumerate(model["kernels"])]
+    steps += [(f".aot[{k}]", s) for k, s in enumerate(model.get("aot", ()))]
+    for path, step in steps:
+        if "external" in step and step["external"] not in externals:
+            raise _Bad("name one of the model's external functions", step["external"]) \
+                .at(".external").at(path)
+    for name, ext in externals.items():
+        graph = ext["graph"]
+        try:
+            for i in graph["constants"]:
+                if graph["nodes"][i].get("name") not in params:
+                    raise _Bad("name a param of the model", graph["nodes"][i].get("name")) \
+                        .at(".name").at(f".graph.nodes[{i}]")
+            if "engine" in ext:
+                try:
+                    _weight(ext["engine"]["weight"], regions)
+                except _Bad as e:
+                    raise e.at(".engine") from None
+        except _Bad as e:
+            raise e.at(f".externals[{name!r}]") from None
+
+
 def _model_refs(model: dict[str, Any], regions: int) -> None:
     """The model's locations, weight indices, executor entry and vectors point somewhere."""
     params = set()
@@ -332,7 +413,8 @@ def _model_refs(model: dict[str, Any], regions: int) -> None:
             _kernel_args(kernel, arena, params)
         except _Bad as e:
             raise e.at(f".kernels[{k}]") from None
-    if model["executor"] == "aot" and "entry" not in model:
+    _external_refs(model, params, regions)
+    if model["executor"] == "aot" and "entry" not in model and "aot" not in model:
         raise _Bad(" (an aot model runs through its entry point)", _MISSING).at(".entry")
     for k, vector in enumerate(model.get("selftest", ())):
         arrays = [(f".inputs[{n!r}]", a) for n, a in vector["inputs"].items()]
