@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import kiln
-from kiln.cli import library_summary
 from kiln.errors import CompatibilityError, FormatError, KilnError
 from kiln.runtime.manifest import DTYPES, check_manifest
+from kiln.runtime.summary import library_summary
 from kiln.viz import render_html
 from tests.e2e.models import MODELS
 from tests.util import reseal_library

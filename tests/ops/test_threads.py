@@ -51,12 +51,12 @@ def _conv(x: np.ndarray, w: np.ndarray, **attrs) -> onnx.ModelProto:
 # run in another order than onnxruntime's)
 CASES = {
     # one position tile: its output channels are cut in parts, one per thread
-    "conv_channel_parts": (_conv(_f32(1, 64, 4, 4), _f32(64, 64, 3, 3), pads=[1, 1, 1, 1]),
-                           1e-4),
+    "conv_channel_parts": (_conv(_f32(1, 128, 4, 4), _f32(128, 128, 3, 3) / 4,
+                                 pads=[1, 1, 1, 1]), 1e-4),
     # the position tiles are split among the threads
-    "conv_tiles": (_conv(_f32(1, 16, 16, 32), _f32(16, 16, 1, 1)), 1e-5),
-    "conv_batch_strided": (_conv(_f32(2, 16, 20, 20), _f32(16, 16, 3, 3), pads=[1, 1, 1, 1],
-                                 strides=[1, 2]), 1e-4),
+    "conv_tiles": (_conv(_f32(1, 32, 32, 64), _f32(32, 32, 1, 1)), 1e-5),
+    "conv_batch_strided": (_conv(_f32(2, 32, 20, 20), _f32(32, 32, 3, 3) / 2,
+                                 pads=[1, 1, 1, 1], strides=[1, 2]), 1e-4),
     "conv_rows": (_conv(_f32(1, 16, 24, 24), _f32(4, 16, 3, 3), pads=[1, 1, 1, 1]), 1e-4),
     "conv_depthwise": (_conv(_f32(1, 32, 40, 40), _f32(32, 1, 3, 3), pads=[1, 1, 1, 1],
                              group=32), 1e-5),
@@ -67,7 +67,7 @@ CASES = {
                                    kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), 0),
     "matmul": (single_node_model("MatMul", {"a": _f32(64, 96)}, consts={"b": _f32(96, 300)},
                                  opset=17), 1e-4),
-    "matmul_batched": (single_node_model("MatMul", {"a": _f32(4, 32, 48), "b": _f32(4, 48, 40)},
+    "matmul_batched": (single_node_model("MatMul", {"a": _f32(4, 64, 96), "b": _f32(4, 96, 80)},
                                          opset=17), 1e-4),
     "gemm": (single_node_model("Gemm", {"a": _f32(32, 200)},
                                consts={"b": _f32(300, 200), "c": _f32(300)}, opset=17,

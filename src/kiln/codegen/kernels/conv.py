@@ -1,12 +1,15 @@
 """C kernels of conv and conv_transpose (semantics: kiln/ops/conv.py).
 
 Tensors are row-major (N, C, *spatial). Every inner loop has a trip count known when
-compiling, so that gcc -O2 vectorizes it. conv picks one of four kernels:
+compiling, so that gcc -O2 vectorizes it. conv picks one of five kernels:
+- Winograd F(4x4, 3x3) (its weight stored transformed by the packing pass):
+  kernels/winograd.py;
 - the GEMM driver (float32, 8+ output channels per group, big enough): kernels/conv_gemm.py;
 - im2col (other dtypes, 8+ output channels per group): tiles of a matrix product weights x
   im2col(x) in C loops;
-- depthwise (one input channel per group): over a padded local copy of the input plane
-  (kernels/depthwise.py: a channel at a time, or channels along the vectors);
+- depthwise (one input channel per group): kernels/depthwise.py (a channel at a time over a
+  padded local copy of its plane, or 16 channels along the vectors) and
+  kernels/depthwise_direct.py (float32 rows of 28+ outputs read straight from the input);
 - rows (the rest, and conv_transpose): a tile of one output row for a few output channels
   in a local accumulator, each kernel tap over the row range it reaches.
 conv_transpose runs on the GEMM driver when worth it (kernels/conv_transpose_gemm.py), or rows.

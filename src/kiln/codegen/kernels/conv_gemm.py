@@ -31,7 +31,15 @@ from .registry import (
     strides,
     worth_threads,
 )
-from .sgemm import Call, round_up, split, tile_epilogue, tile_epilogue_t, writes_raw
+from .sgemm import (
+    Call,
+    driver_work,
+    round_up,
+    split,
+    tile_epilogue,
+    tile_epilogue_t,
+    writes_raw,
+)
 
 TILE_MIN = 128  # positions: tiles are not made narrower than this to give threads more
 # ... and a single tile (threads then split its channels) when two threads would get shares
@@ -163,7 +171,7 @@ def _sgemm_conv_t(ctx: KernelContext, g: ConvGeometry) -> str:
     buffer of its own that the tile epilogue writes transposed into the output."""
     channels, positions = g.out_channels, math.prod(g.out_size)
     reduction = g.in_channels * math.prod(g.kernel)
-    work = g.batch * channels * positions * reduction
+    work = driver_work(g.batch * channels * positions * reduction)
     # threads split the channels only: each part of the positions would stream all weights
     rows, cols = split(g.batch, positions, channels, work, min_columns=PANEL, rows_too=False)
     bias = f"{ctx.ins[2]}" if len(ctx.ins) == 3 else None
@@ -210,7 +218,7 @@ def sgemm_conv(ctx: KernelContext, g: ConvGeometry) -> str:
         return _sgemm_conv_t(ctx, g)
     mg, cg, positions = g.out_per_group, g.in_per_group, math.prod(g.out_size)
     reduction = cg * math.prod(g.kernel)
-    work = g.batch * g.out_channels * positions * reduction
+    work = driver_work(g.batch * g.out_channels * positions * reduction)
     tile = _tile(positions, g.batch * g.group, work)
     bias = f"{ctx.ins[2]}" if len(ctx.ins) == 3 else None
     epilogue = tile_epilogue(ctx, positions,

@@ -29,7 +29,7 @@ from ..gemm import NC, ROW_STEP
 from .geometry import ConvGeometry, ceil_div, tile_loops
 from .loops import flat_index, indent, loop
 from .registry import PARALLEL_TRIPS, KernelContext, parallel_for, strides, worth_threads
-from .sgemm import Call, round_up, writes_raw
+from .sgemm import Call, driver_work, round_up, writes_raw
 
 CHUNK_ROWS = 8 * ROW_STEP  # product rows per driver call (its C buffer: CHUNK_ROWS x tile)
 TILE_MIN = 128  # positions: tiles are not made narrower than this to give threads even shares
@@ -248,4 +248,5 @@ def sgemm_conv_transpose(ctx: KernelContext, g: ConvGeometry) -> str:
     """The kernel body of a float32 conv_transpose on the GEMM driver."""
     work = g.batch * g.out_channels * math.prod(g.kernel) * g.in_per_group \
         * math.prod(g.in_size)
-    return _exact(ctx, g, work) if _one_to_one(g) else _overlapping(ctx, g, work)
+    # the overlapping path's scalar scatter-adds cost like plain work; the exact one's is GEMM
+    return _exact(ctx, g, driver_work(work)) if _one_to_one(g) else _overlapping(ctx, g, work)

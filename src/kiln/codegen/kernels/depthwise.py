@@ -1,7 +1,8 @@
 """C kernels of depthwise conv (one input channel per group; semantics: kiln/ops/conv.py).
 
-Two kernels, both over a zero-padded local copy of the input (no bounds checks), each
-output element stored once through the fused chain:
+Three kernels, each output element stored once through the fused chain:
+- in place (float32 2-D planes with wide rows, see direct_fit): kernels/depthwise_direct.py;
+and two over a zero-padded local copy of the input (no bounds checks):
 - by channel (any rank, stride, dtype): one channel's plane at a time, along its output
   rows (or, 2-D stride 1, the whole padded plane as one row), the vectors along the rows;
 - across channels (float32 2-D planes with short rows or many taps, see lanes_fit): LANES
@@ -16,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from .depthwise_direct import band_store, direct_conv, direct_fit, tap_sum
 from .geometry import ConvGeometry
 from .loops import Plane, indent, loop, nest, out_index
 from .registry import ALIGNED, KernelContext, lit, parallel_for, strides
@@ -31,9 +33,6 @@ DEPTHWISE_BAND_BYTES = 16 * 1024
 # ... and its row (or flat) loops run to a multiple of this many elements, reading zeros past
 # the plane, so that no scalar remainder is left (the columns past the row are dropped)
 DEPTHWISE_ROUND = 8
-# ... and each sum is split in this many interleaved partial sums: float adds are not
-# reassociated, so one chain of 25 dependent multiply-adds would wait on their latency
-DEPTHWISE_CHAINS = 4
 # across channels: channels per vector (one AVX-512 register of float32)
 LANES = 16
 # ... taken by depthwise convs whose output rows have at most this many columns, or that
@@ -48,26 +47,9 @@ LANES_MIN_TAPS = 25
 # ... whose interleaved padded plane (LANES channels) has at most this many bytes
 LANES_PLANE_BYTES = 64 * 1024
 
-def _band_store(ctx: KernelContext, g: ConvGeometry, first: str, count: int | str,
-                buffer: str) -> str:
-    """C: store buffer[q] at element first + q of channel m's output plane, for q below
-    count, in one loop (the fused chain vectorizes over it, however short the rows)."""
-    plane = f"n * {g.out_channels} + g * {g.out_per_group} + m"
-    ld = math.prod(g.out_size)
-    store = ctx.store_row(ld, f"({plane}) * {ld} + {first} + q", f"({plane})", f"{first} + q",
-                          f"{buffer}[q]")
-    return loop("q", count, store)
-
 
 def _round(count: int) -> int:
     return -(-count // DEPTHWISE_ROUND) * DEPTHWISE_ROUND
-
-
-def _tap_sum(bias: str, products: list[str]) -> str:
-    """C: bias plus the products, as DEPTHWISE_CHAINS independent partial sums added last."""
-    chains = [products[j::DEPTHWISE_CHAINS] for j in range(DEPTHWISE_CHAINS)]
-    chains[0] = [bias, *chains[0]]
-    return " + ".join(f"({' + '.join(chain)})" for chain in chains if chain)
 
 
 def _depthwise_rows(ctx: KernelContext, g: ConvGeometry, plane: Plane, bias: str) -> str:
@@ -84,7 +66,7 @@ def _depthwise_rows(ctx: KernelContext, g: ConvGeometry, plane: Plane, bias: str
     band = max(1, min(rows, DEPTHWISE_BAND_BYTES // (wide * ctx.in_types[0].itemsize)))
     at = "ol" if plane.split > 1 else f"ol * {g.strides[-1]}"
     start, offsets = plane.tap_offsets(ctx, g.kernel)
-    total = _tap_sum(bias, [f"w{k} * xr[{at} + {off}]" for k, off in enumerate(offsets)])
+    total = tap_sum(bias, [f"w{k} * xr[{at} + {off}]" for k, off in enumerate(offsets)])
     row_st = strides(tuple(out[:-1]))
     coords = "".join(f"const int64_t o{j} = (r / {row_st[j]}) % {out[j]};\n"
                      for j in range(g.rank - 1))
@@ -97,7 +79,7 @@ def _depthwise_rows(ctx: KernelContext, g: ConvGeometry, plane: Plane, bias: str
         stored = "packed"
         body += "\n" + loop("r", "rn", loop("ol", width, f"packed[r * {width} + ol] = "
                                                        f"band[r * {wide} + ol];"))
-    body += "\n" + _band_store(ctx, g, f"r0 * {width}", f"rn * {width}", stored)
+    body += "\n" + band_store(ctx, g, f"r0 * {width}", f"rn * {width}", stored)
     buffers = "".join(f"{t} {name}[{band * w}] {ALIGNED};\n"
                       for name, w in [("band", wide), ("packed", width)] if name in body)
     return (weights + buffers
@@ -138,12 +120,12 @@ def _depthwise_flat(ctx: KernelContext, g: ConvGeometry, plane: Plane, bias: str
     in the plane, whose extent fits the window); then the rows packed and stored at once."""
     t, out, pw = ctx.t(0), g.out_size, plane.width
     count, offsets = _flat_taps(g, plane)
-    total = _tap_sum(bias, [f"w{k} * xp[q + {off}]" for k, off in enumerate(offsets)])
+    total = tap_sum(bias, [f"w{k} * xp[q + {off}]" for k, off in enumerate(offsets)])
     pack = loop("o0", out[0], loop("ol", out[1], f"band[o0 * {out[1]} + ol] = "
                                                  f"sums[o0 * {pw} + ol];"))
     return (f"{t} sums[{_round(count)}] {ALIGNED};\n{t} band[{math.prod(out)}] {ALIGNED};\n"
             + loop("q", _round(count), f"sums[q] = {total};") + "\n" + pack + "\n"
-            + _band_store(ctx, g, "0", math.prod(out), "band"))
+            + band_store(ctx, g, "0", math.prod(out), "band"))
 
 
 def _channel_conv(ctx: KernelContext, g: ConvGeometry, plane: Plane) -> str:
@@ -200,7 +182,7 @@ def _lane_taps(g: ConvGeometry, plane: Plane) -> str:
     taps, (oh, ow), pw = math.prod(g.kernel), g.out_size, plane.width
     offsets = [(k0 * g.dilations[0] * pw + k1 * g.dilations[1]) * LANES
                for k0 in range(g.kernel[0]) for k1 in range(g.kernel[1])]
-    total = _tap_sum(f"wt[{taps * LANES} + j]",
+    total = tap_sum(f"wt[{taps * LANES} + j]",
                      [f"wt[{k * LANES} + j] * xr[{off} + j]" for k, off in enumerate(offsets)])
     row = (f"const float* restrict xr = buf + (o0 * {g.strides[0] * pw} + ol * "
            f"{g.strides[1]}) * {LANES};\n"
@@ -257,7 +239,9 @@ def _lanes_conv(ctx: KernelContext, g: ConvGeometry) -> str:
 
 def depthwise_conv(ctx: KernelContext, g: ConvGeometry, plane: Plane) -> str:
     """conv with one input channel per group (plane: its padded copy, which fits): across
-    channels where lanes_fit, else by channel."""
+    channels where lanes_fit, else in place where direct_fit, else by channel."""
     if lanes_fit(ctx, g):
         return _lanes_conv(ctx, g)
+    if direct_fit(ctx, g):
+        return direct_conv(ctx, g)
     return _channel_conv(ctx, g, plane)

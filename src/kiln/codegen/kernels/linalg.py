@@ -29,7 +29,7 @@ from .registry import (
     parallel_for,
     worth_threads,
 )
-from .sgemm import Call, Value, split, tile_epilogue, writes_raw
+from .sgemm import Call, Value, driver_work, split, tile_epilogue, writes_raw
 
 MR = 8  # output rows per block
 PANEL_BYTES = 256 * 1024  # the k x NB panel of B a column block reuses across row blocks
@@ -130,7 +130,8 @@ def _on_driver(ctx: KernelContext, p: _Product) -> bool:
 def _sgemm_product(ctx: KernelContext, p: _Product, value: Value | None) -> str:
     """The kernel body of a float32 batched product on the GEMM driver: one call per batch
     and part (rows x cols) of the output; threads split the parts."""
-    rows, cols = split(p.batch, p.m, p.n, p.batch * p.m * p.n * p.k)
+    work = driver_work(p.batch * p.m * p.n * p.k)
+    rows, cols = split(p.batch, p.m, p.n, work)
     a_rs, a_cs = (1, p.m) if p.trans_a else (p.k, 1)
     b_rs, b_cs = (1, p.k) if p.trans_b else (p.n, 1)
     origin = f"b * {p.m * p.n} + i0 * {p.n} + j0"
@@ -144,7 +145,7 @@ def _sgemm_product(ctx: KernelContext, p: _Product, value: Value | None) -> str:
     body = (f"const int64_t mn = {p.m} - i0 < {rows} ? {p.m} - i0 : {rows};\n"
             f"const int64_t nn = {p.n} - j0 < {cols} ? {p.n} - j0 : {cols};\n{call.render()}")
     trips = p.batch * -(-p.m // rows) * -(-p.n // cols)
-    return (parallel_for(p.batch * p.m * p.n * p.k, trips, collapse=3)
+    return (parallel_for(work, trips, collapse=3)
             + f"for (int64_t b = 0; b < {p.batch}; ++b)\n"
             f"for (int64_t i0 = 0; i0 < {p.m}; i0 += {rows})\n"
             f"for (int64_t j0 = 0; j0 < {p.n}; j0 += {cols}) {{\n{indent(body)}\n}}")

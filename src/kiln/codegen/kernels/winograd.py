@@ -24,7 +24,7 @@ from ...ops.winograd import ALPHA, AT, BT, POINTS, TILE, tiles
 from .geometry import ConvGeometry
 from .loops import indent
 from .registry import ALIGNED, KernelContext, worth_threads
-from .sgemm import Call
+from .sgemm import Call, driver_work
 
 LANES = 16  # channels per step of the transforms' loops (one AVX-512 vector)
 BLOCK_BYTES = 1 << 20  # a block's transformed input and products together, at most
@@ -178,7 +178,7 @@ def winograd_conv(ctx: KernelContext, g: ConvGeometry) -> str:
     rb, total = _block_rows(g)
     c, m, tx = g.in_channels, g.out_channels, tiles(g.out_size[1])
     tb = rb * tx
-    threads = worth_threads(total * tx * POINTS * c * m, 2)
+    threads = worth_threads(driver_work(total * tx * POINTS * c * m), 2)
     phases = "\n".join(phase(ctx, g, tb, threads)
                        for phase in (_input_phase, _product_phase, _output_phase))
     block = (f"for (int64_t r0 = 0; r0 < {total}; r0 += {rb}) {{\n"
