@@ -171,8 +171,10 @@ def _sgemm_conv_t(ctx: KernelContext, g: ConvGeometry) -> str:
     buffer of its own that the tile epilogue writes transposed into the output."""
     channels, positions = g.out_channels, math.prod(g.out_size)
     reduction = g.in_channels * math.prod(g.kernel)
-    work = driver_work(g.batch * channels * positions * reduction)
-    # threads split the channels only: each part of the positions would stream all weights
+    # few positions: streaming the weight costs more than the multiply-adds (a float loaded
+    # is one work unit), and threads split it, each its own channels (each part of the
+    # positions would stream all weights)
+    work = driver_work(g.batch * channels * positions * reduction) + channels * reduction
     rows, cols = split(g.batch, positions, channels, work, min_columns=PANEL, rows_too=False)
     bias = f"{ctx.ins[2]}" if len(ctx.ins) == 3 else None
     epilogue = tile_epilogue_t(ctx, positions,

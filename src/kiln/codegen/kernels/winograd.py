@@ -178,7 +178,8 @@ def winograd_conv(ctx: KernelContext, g: ConvGeometry) -> str:
     rb, total = _block_rows(g)
     c, m, tx = g.in_channels, g.out_channels, tiles(g.out_size[1])
     tb = rb * tx
-    threads = worth_threads(driver_work(total * tx * POINTS * c * m), 2)
+    # the 36 products split among threads, each streaming its points' transformed weights
+    threads = worth_threads(driver_work(total * tx * POINTS * c * m) + POINTS * c * m, 2)
     phases = "\n".join(phase(ctx, g, tb, threads)
                        for phase in (_input_phase, _product_phase, _output_phase))
     block = (f"for (int64_t r0 = 0; r0 < {total}; r0 += {rb}) {{\n"
