@@ -14,12 +14,19 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 import kiln
 import kiln.pipeline  # noqa: F401  (build_with_sources patches it)
 from kiln.runtime.compat import host_arch, host_features
-from tests.util import build_with_sources, ir_reference, ort_run, random_data, run_outputs
+from tests.util import (
+    build_with_sources,
+    graph_model,
+    ir_reference,
+    ort_run,
+    random_data,
+    run_outputs,
+)
 
 # name -> (target, the CPU features the host needs to run it)
 TARGETS = {
@@ -75,21 +82,11 @@ def _model(xs, ws, attrs, *, bias: bool, chain: bool = False) -> tuple[onnx.Mode
     nodes = [helper.make_node("ConvTranspose", ["x", *consts], ["y"], **attrs)]
     inputs = {"x": x}
     if chain:
-        y_shape = ort_run(_graph(nodes, inputs, consts), inputs)[0].shape
+        y_shape = ort_run(graph_model(nodes, inputs, consts), inputs)[0].shape
         inputs["r"] = _f32(*y_shape)
         nodes += [helper.make_node("Relu", ["y"], ["h"]),
                   helper.make_node("Add", ["h", "r"], ["out"])]
-    return _graph(nodes, inputs, consts), inputs
-
-
-def _graph(nodes, inputs: dict[str, np.ndarray], consts: dict[str, np.ndarray]):
-    """A float32 model of nodes: inputs as graph inputs, consts as initializers."""
-    graph = helper.make_graph(
-        nodes, "g",
-        [helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape) for k, v in inputs.items()],
-        [helper.make_empty_tensor_value_info(nodes[-1].output[0])],
-        [numpy_helper.from_array(v, k) for k, v in consts.items()])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return graph_model(nodes, inputs, consts), inputs
 
 
 def _on_driver(sources: list[str]) -> bool:

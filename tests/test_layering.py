@@ -71,8 +71,6 @@ LAZY = {
     ("runtime/params.py", "safetensors"): "optional: only weights shipped apart need it",
     ("export/mlf.py", "safetensors"): "optional: only the Model Library Format export needs it",
     ("runtime/external/onnx_graph.py", "onnx"): "optional: only the ONNX-reading backends need it",
-    ("runtime/external/onnxruntime.py", "onnxruntime"): "optional: only its backend needs it",
-    ("runtime/external/openvino.py", "openvino"): "optional: only its backend needs it",
     ("cli.py", "rich"): "optional: the CLI's tables",
     ("codegen/toolchain.py", "rich"): "optional: the progress bar while compiling",
     # The CLI loads the compiler (and onnx) only for the commands that compile.

@@ -56,6 +56,19 @@ def single_node_model(op_type: str, inputs: Mapping[str, np.ndarray], *,
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
 
 
+def graph_model(nodes: Sequence[onnx.NodeProto], inputs: Mapping[str, np.ndarray],
+                consts: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+    """A float32 model of nodes (opset 17): inputs as graph inputs, consts as initializers,
+    the last node's first output as the graph's output."""
+    graph = helper.make_graph(
+        list(nodes), "g",
+        [helper.make_tensor_value_info(k, onnx.TensorProto.FLOAT, v.shape)
+         for k, v in inputs.items()],
+        [helper.make_empty_tensor_value_info(nodes[-1].output[0])],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
 _DRAWS: dict[str, int] = {}  # random_data calls so far, per test
 
 

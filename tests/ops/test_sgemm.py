@@ -14,13 +14,20 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from kiln.codegen.gemm import KC, NC
 from kiln.codegen.kernels.registry import broadcast_rows, row_index
 from kiln.ops.layout import PANEL, SGEMM_MIN_WORK, pack_panels, sgemm_worth, unpack_panels
 from kiln.runtime.compat import host_arch, host_features
-from tests.util import build_with_sources, direct_convs, ort_run, run_outputs, single_node_model
+from tests.util import (
+    build_with_sources,
+    direct_convs,
+    graph_model,
+    ort_run,
+    run_outputs,
+    single_node_model,
+)
 
 RNG = np.random.default_rng(11)
 # name -> (target, the CPU features the host needs to run it, features the build must lack)
@@ -106,15 +113,6 @@ def test_gemm_on_the_driver(trans_a, trans_b, const_b, c_shape, monkeypatch):
     np.testing.assert_allclose(run_outputs(lib, inputs)[0], expected, rtol=TOL, atol=TOL)
 
 
-def _graph(nodes, inputs: dict[str, np.ndarray], consts: dict[str, np.ndarray]):
-    graph = helper.make_graph(
-        nodes, "g",
-        [helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape) for k, v in inputs.items()],
-        [helper.make_empty_tensor_value_info(nodes[-1].output[0])],
-        [numpy_helper.from_array(v, k) for k, v in consts.items()])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
 def test_matmul_bias_relu_residual_epilogue(monkeypatch):
     """x @ W + bias, ReLU, + residual: one kernel, the chain applied per finished tile."""
     x, r = _f32(2, 30, 200), _f32(2, 30, 75)
@@ -124,7 +122,7 @@ def test_matmul_bias_relu_residual_epilogue(monkeypatch):
              helper.make_node("Relu", ["z"], ["h"]),
              helper.make_node("Add", ["h", "r"], ["out"])]
     inputs = {"x": x, "r": r}
-    model = _graph(nodes, inputs, {"w": w, "bias": bias})
+    model = graph_model(nodes, inputs, {"w": w, "bias": bias})
     lib, sources = build_with_sources(model, inputs, monkeypatch)
     assert len(sources) == 1 and _on_driver(sources) and "kiln_tile" in sources[0]
     expected = np.maximum(x.astype(np.float64) @ w + bias, 0) + r
@@ -137,7 +135,7 @@ def test_chain_ending_in_another_dtype_keeps_the_loops(monkeypatch):
     x, w = _f32(40, 100), _f32(100, 64)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]),
              helper.make_node("Cast", ["y"], ["out"], to=TensorProto.DOUBLE)]
-    lib, sources = build_with_sources(_graph(nodes, {"x": x}, {"w": w}), {"x": x}, monkeypatch)
+    lib, sources = build_with_sources(graph_model(nodes, {"x": x}, {"w": w}), {"x": x}, monkeypatch)
     assert not _on_driver(sources)
     got = run_outputs(lib, {"x": x})[0]
     assert got.dtype == np.float64
@@ -204,7 +202,7 @@ def test_conv_bias_relu_residual_on_each_target(target, direct, monkeypatch):
              helper.make_node("Relu", ["y"], ["h"]),
              helper.make_node("Add", ["h", "r"], ["out"])]
     inputs = {"x": x, "r": r}
-    model = _graph(nodes, inputs, {"w": w, "b": bias})
+    model = graph_model(nodes, inputs, {"w": w, "b": bias})
     lib, sources = build_with_sources(model, inputs, monkeypatch, target=tgt)
     assert len(sources) == 1 and _on_driver(sources)
     assert ("winograd_weight=[]" in lib.ir()) is direct
@@ -304,7 +302,7 @@ def test_depthwise_with_hard_swish(case, monkeypatch):
     x, w, bias = _f32(*xs), _f32(c, 1, *(k,) * nd), _f32(c)
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], group=c, **attrs),
              helper.make_node("HardSwish", ["y"], ["out"])]
-    model = _graph(nodes, {"x": x}, {"w": w, "b": bias})
+    model = graph_model(nodes, {"x": x}, {"w": w, "b": bias})
     lib, _ = build_with_sources(model, {"x": x}, monkeypatch)
     np.testing.assert_allclose(run_outputs(lib, {"x": x})[0], ort_run(model, {"x": x})[0],
                                rtol=1e-5, atol=1e-5)
@@ -322,7 +320,7 @@ def test_depthwise_with_silu_and_non_finite_inputs(case, monkeypatch):
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], group=c, **attrs),
              helper.make_node("Sigmoid", ["y"], ["s"]),
              helper.make_node("Mul", ["y", "s"], ["out"])]
-    model = _graph(nodes, {"x": x}, {"w": w, "b": bias})
+    model = graph_model(nodes, {"x": x}, {"w": w, "b": bias})
     lib, _ = build_with_sources(model, {"x": x}, monkeypatch)
     first = run_outputs(lib, {"x": x})[0]
     np.testing.assert_allclose(first, ort_run(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
@@ -345,7 +343,7 @@ def test_small_plane_conv_runs_transposed_on_each_target(target, kernel, stride,
              helper.make_node("Sigmoid", ["z"], ["s"]),
              helper.make_node("Mul", ["z", "s"], ["out"])]
     inputs = {"x": x, "r": r}
-    model = _graph(nodes, inputs, {"w": w, "b": bias})
+    model = graph_model(nodes, inputs, {"w": w, "b": bias})
     lib, sources = build_with_sources(model, inputs, monkeypatch, target=tgt)
     assert len(sources) == 1 and "kiln_tile_t" in sources[0]
     assert "packed_weight=[96,64," in lib.ir()

@@ -9,9 +9,13 @@ that `prebuild=True` libraries skip the build at load.
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
+from types import ModuleType
 
 import numpy as np
+
+from ...errors import BackendError
 
 
 class Backend(ABC):
@@ -64,3 +68,13 @@ class Backend(ABC):
         """What an exported engine depends on besides the graph and its constants: the
         engine's version and options. Empty by default (nothing is ever exported)."""
         return ""
+
+
+def engine_module(module: str, backend: type[Backend]) -> ModuleType:
+    """The engine's Python module, imported on first use (listing backends imports no
+    engine); BackendError saying what to install when it is missing."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise BackendError(f"backend '{backend.name}' needs the package {module} (pip install "
+                           f"{backend.package}): {e}") from e

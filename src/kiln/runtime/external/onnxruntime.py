@@ -17,7 +17,7 @@ import numpy as np
 from ...errors import BackendError
 from ..files import work_folder
 from . import onnx_graph
-from .base import Backend
+from .base import Backend, engine_module
 
 if TYPE_CHECKING:  # for the annotations only
     import onnxruntime
@@ -29,13 +29,7 @@ EXPORT_LEVEL = "ORT_ENABLE_EXTENDED"
 
 
 def _ort() -> ModuleType:
-    """The onnxruntime module, or BackendError saying what to install."""
-    try:
-        import onnxruntime
-    except ImportError as e:
-        raise BackendError(f"backend 'onnxruntime' needs the package onnxruntime (pip install "
-                           f"{OnnxRuntimeBackend.package}): {e}") from e
-    return onnxruntime
+    return engine_module("onnxruntime", OnnxRuntimeBackend)
 
 
 class OnnxRuntimeBackend(Backend):

@@ -18,7 +18,7 @@ import numpy as np
 
 from ...errors import BackendError
 from . import onnx_graph
-from .base import Backend
+from .base import Backend, engine_module
 
 if TYPE_CHECKING:  # for the annotations only
     import openvino
@@ -31,13 +31,7 @@ COMPILE_OPTIONS = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f
 
 
 def _ov() -> ModuleType:
-    """The openvino module, or BackendError saying what to install."""
-    try:
-        import openvino
-    except ImportError as e:
-        raise BackendError(f"backend 'openvino' needs the package openvino (pip install "
-                           f"{OpenVinoBackend.package}): {e}") from e
-    return openvino
+    return engine_module("openvino", OpenVinoBackend)
 
 
 class OpenVinoBackend(Backend):
