@@ -220,7 +220,12 @@ def sgemm_conv(ctx: KernelContext, g: ConvGeometry) -> str:
         return _sgemm_conv_t(ctx, g)
     mg, cg, positions = g.out_per_group, g.in_per_group, math.prod(g.out_size)
     reduction = cg * math.prod(g.kernel)
-    work = driver_work(g.batch * g.out_channels * positions * reduction)
+    # the multiply-adds, plus the plain work around them: each output written raw, then read
+    # and written by the tile epilogue (3 units), and B packed from the input (pointwise)
+    # or filled as im2col tiles (a unit per float)
+    outputs = g.batch * g.out_channels * positions
+    b_floats = g.batch * g.group * reduction * positions
+    work = driver_work(outputs * reduction) + 3 * outputs + b_floats
     tile = _tile(positions, g.batch * g.group, work)
     bias = f"{ctx.ins[2]}" if len(ctx.ins) == 3 else None
     epilogue = tile_epilogue(ctx, positions,
