@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
-import time
-from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -23,19 +20,9 @@ import onnxruntime as ort
 import kiln
 
 from . import zoo
+from .profile import median_ms
 
 WARMUP, RUNS = 200, 2000
-
-
-def _median_ms(run: Callable[[], object]) -> float:
-    for _ in range(WARMUP):
-        run()
-    times = []
-    for _ in range(RUNS):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def main() -> None:
@@ -53,12 +40,12 @@ def main() -> None:
             lib = kiln.build(mod, params=params, executor=executor, progress=False)
             gmod = kiln.GraphModule(lib["default"](kiln.cpu(0, num_threads=args.threads)))
             gmod.set_input(**inputs)
-            kiln_ms[executor] = _median_ms(gmod.run)
+            kiln_ms[executor] = median_ms(gmod.run, RUNS, WARMUP)
         options = ort.SessionOptions()
         options.intra_op_num_threads = args.threads
         session = ort.InferenceSession(model.SerializeToString(), options,
                                        providers=["CPUExecutionProvider"])
-        ort_ms = _median_ms(functools.partial(session.run, None, inputs))
+        ort_ms = median_ms(functools.partial(session.run, None, inputs), RUNS, WARMUP)
         best = min(kiln_ms.values())
         print(f"{name}, {args.threads} thread(s): kiln graph {kiln_ms['graph']:.4f} ms, aot "
               f"{kiln_ms['aot']:.4f} ms, onnxruntime {ort_ms:.4f} ms, kiln/onnxruntime "

@@ -24,10 +24,10 @@ import kiln
 from . import zoo
 
 
-def _median_ms(run: Callable[[], object], repeat: int) -> float:
-    """Median latency of run in ms, after two warm-up runs."""
-    run()
-    run()
+def median_ms(run: Callable[[], object], repeat: int, warmup: int = 2) -> float:
+    """Median latency of run in ms over repeat runs, after warmup untimed ones."""
+    for _ in range(warmup):
+        run()
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
@@ -55,8 +55,8 @@ def main() -> None:
     options.intra_op_num_threads = args.threads
     session = ort.InferenceSession(model.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
-    kiln_ms = _median_ms(gmod.run, args.repeat)
-    ort_ms = _median_ms(lambda: session.run(None, inputs), args.repeat)
+    kiln_ms = median_ms(gmod.run, args.repeat)
+    ort_ms = median_ms(lambda: session.run(None, inputs), args.repeat)
     print(f"{args.model}, {args.threads} thread(s): kiln {kiln_ms:.2f} ms, onnxruntime "
           f"{ort_ms:.2f} ms, kiln/onnxruntime {kiln_ms / ort_ms:.2f}")
 
