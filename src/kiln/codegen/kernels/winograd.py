@@ -81,9 +81,10 @@ def _lanes_loop(count: int, body: str) -> str:
     return f"for (int64_t cc = 0; cc < {bound}; ++cc) {{\n{indent(body)}\n}}"
 
 
-def _parallel(threads: bool) -> str:
-    """The pragma splitting a phase's two outer loops among the threads, if any."""
-    return "#pragma omp for schedule(static) collapse(2)\n" if threads else ""
+def _parallel(threads: bool, loops: int = 2) -> str:
+    """The pragma splitting a phase's `loops` outer loops among the threads, if any."""
+    collapse = f" collapse({loops})" if loops > 1 else ""
+    return f"#pragma omp for schedule(static){collapse}\n" if threads else ""
 
 
 def _window_rows(ctx: KernelContext, g: ConvGeometry, width: int) -> str:
@@ -143,7 +144,7 @@ def _product_phase(ctx: KernelContext, g: ConvGeometry, tb: int, threads: bool) 
                 a_rs=str(c), a_cs="1", b_panels=f"{ctx.ins[1]} + xi * {panels * c * PANEL}",
                 panel_stride=str(c * PANEL), c=f"mbuf + xi * {_point_stride(tb * m)}",
                 ldc=str(m))
-    return (("#pragma omp for schedule(static)\n" if threads else "")
+    return (_parallel(threads, loops=1)
             + f"for (int64_t xi = 0; xi < {POINTS}; ++xi)\n{call.render()}")
 
 

@@ -13,6 +13,7 @@ each made unique. onnx is imported only when a model is built (it is optional at
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...errors import BackendError
+from .base import Backend
 from .graph import Ref, TensorSpec, check_for, graph_outputs, input_refs, op_nodes, output_specs_of
 
 if TYPE_CHECKING:  # for the annotations only: onnx is imported when a model is built
@@ -254,3 +256,18 @@ def serialize(model: onnx.ModelProto, function: str) -> bytes:
     except ValueError as e:
         raise BackendError(f"external function {function!r}: its ONNX model does not fit in "
                            f"one protobuf (2 GiB): {e}") from e
+
+
+class OnnxBackend(Backend):
+    """A backend that runs a region as the ONNX model this module builds (onnxruntime,
+    OpenVINO): what it supports is what the mapping handles, and it is available when the
+    modules its `package` names (the engine, and onnx) are importable (not imported)."""
+
+    @classmethod
+    def available(cls) -> bool:
+        return all(importlib.util.find_spec(m) is not None for m in cls.package.split())
+
+    @classmethod
+    def supports(cls, node: dict) -> bool:
+        """What this module maps to ONNX exactly (float32; see MAPPINGS)."""
+        return supports(node)

@@ -8,7 +8,6 @@ optional: they are imported only when an engine is built, imported or keyed.
 
 from __future__ import annotations
 
-import importlib.util
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -17,7 +16,7 @@ import numpy as np
 from ...errors import BackendError
 from ..files import work_folder
 from . import onnx_graph
-from .base import Backend, engine_module
+from .base import engine_module
 
 if TYPE_CHECKING:  # for the annotations only
     import onnxruntime
@@ -32,7 +31,7 @@ def _ort() -> ModuleType:
     return engine_module("onnxruntime", OnnxRuntimeBackend)
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(onnx_graph.OnnxBackend):
     """Runs kiln-external graphs with onnxruntime's CPU execution provider."""
 
     name = "onnxruntime"
@@ -47,16 +46,6 @@ class OnnxRuntimeBackend(Backend):
         self._session: onnxruntime.InferenceSession | None = None
         self._graph: dict | None = None
         self._constants: dict[str, np.ndarray] = {}
-
-    @classmethod
-    def available(cls) -> bool:
-        """onnxruntime and onnx (which builds the model) are importable (not imported)."""
-        return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
-
-    @classmethod
-    def supports(cls, node: dict) -> bool:
-        """What onnx_graph maps to ONNX exactly (float32; see onnx_graph.MAPPINGS)."""
-        return onnx_graph.supports(node)
 
     @classmethod
     def engine_key(cls) -> str:

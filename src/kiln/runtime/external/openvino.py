@@ -8,7 +8,6 @@ on demand, kept for reuse). openvino and onnx are imported only when needed.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import queue
 from types import ModuleType
@@ -18,7 +17,7 @@ import numpy as np
 
 from ...errors import BackendError
 from . import onnx_graph
-from .base import Backend, engine_module
+from .base import engine_module
 
 if TYPE_CHECKING:  # for the annotations only
     import openvino
@@ -34,7 +33,7 @@ def _ov() -> ModuleType:
     return engine_module("openvino", OpenVinoBackend)
 
 
-class OpenVinoBackend(Backend):
+class OpenVinoBackend(onnx_graph.OnnxBackend):
     """Runs kiln-external graphs with OpenVINO on the CPU."""
 
     name = "openvino"
@@ -48,16 +47,6 @@ class OpenVinoBackend(Backend):
         self.num_threads = num_threads
         self._compiled: openvino.CompiledModel | None = None
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
-
-    @classmethod
-    def available(cls) -> bool:
-        """openvino and onnx (which builds the model) are importable (not imported)."""
-        return all(importlib.util.find_spec(m) is not None for m in ("openvino", "onnx"))
-
-    @classmethod
-    def supports(cls, node: dict) -> bool:
-        """What onnx_graph maps to ONNX exactly (float32; see onnx_graph.MAPPINGS)."""
-        return onnx_graph.supports(node)
 
     @classmethod
     def engine_key(cls) -> str:
