@@ -27,16 +27,21 @@ size 1 everywhere."""
 METHOD = """\
 ## Method
 
-- **One process per measurement.** Every (model, engine, thread count) runs in a fresh
-  worker process (`benchmarks/worker.py`); an engine that fails or hangs loses its own cell
-  only. Engines: kiln's graph and AOT executors (`kiln.cpu(0, num_threads=N)`), onnxruntime
-  (`intra_op_num_threads=N`, `inter_op_num_threads=1`, sequential, all graph
-  optimizations), OpenVINO CPU (`INFERENCE_NUM_THREADS=N`, `PERFORMANCE_HINT=LATENCY`,
-  `NUM_STREAMS=1`, `INFERENCE_PRECISION_HINT=f32`), Apache TVM (relax ONNX frontend,
-  `tvm.compile` for llvm with the host's `-mcpu`, untuned, `TVM_NUM_THREADS=N`).
-- **Latency**: median of the timed runs (at least `--repeat`, and at least `--min-time`
-  seconds of them) after the first run and the warm-up runs; a run includes copying the
-  inputs in. An engine whose runs would exceed `--budget` seconds does
+- **One process per measurement, engines interleaved.** Every (model, engine, thread
+  count) runs in a fresh worker process (`benchmarks/worker.py`); an engine that fails or
+  hangs loses its own cell only. A model's engines at one thread count are loaded side by
+  side, then take turns: `--rounds` rounds (5 by default), each giving every engine a slice
+  of its timed runs (two untimed runs first), the order rotating, so that a change of the
+  machine's speed during the measurement (this VM's 2-thread timings of 0.1 ms models move
+  by 2x between minutes) hits every engine alike. Engines: kiln's graph and AOT executors
+  (`kiln.cpu(0, num_threads=N)`), onnxruntime (`intra_op_num_threads=N`,
+  `inter_op_num_threads=1`, sequential, all graph optimizations), OpenVINO CPU
+  (`INFERENCE_NUM_THREADS=N`, `PERFORMANCE_HINT=LATENCY`, `NUM_STREAMS=1`,
+  `INFERENCE_PRECISION_HINT=f32`), Apache TVM (relax ONNX frontend, `tvm.compile` for
+  llvm with the host's `-mcpu`, untuned, `TVM_NUM_THREADS=N`).
+- **Latency**: median of all the slices' timed runs (at least `--repeat`, and at least
+  `--min-time` seconds of them, in all) after the first run and the warm-up runs; a run
+  includes copying the inputs in. An engine whose runs would exceed `--budget` seconds does
   fewer (at least 3), marked *(n=...)*. *First run*: the first inference after the library is
   loaded (kiln), the session created (onnxruntime) or the model compiled (OpenVINO).
 - **kiln compile**: `from_onnx` + `build` + `export_library`, once with an empty kernel
@@ -53,11 +58,10 @@ METHOD = """\
   models where both sides have a number.
 - **Other CPU %**: the most CPU time other processes used during any timed loop of the
   row (TVM's left out), as a percentage of all cores (from /proc/stat less the worker's
-  own time; timed windows under 0.5 s, a few clock ticks, report none). Before each
-  measurement the runner waits (up to `--settle` s) for the machine to go quiet, and
-  repeats a measurement disturbed by more than `--noisy` percent (`--retries` times,
-  keeping the least disturbed; TVM is measured once). A high figure marks a row measured
-  while something else ran (2-thread rows suffer most). The JSON also has the
+  own time, so the other engines' idle workers count; timed windows under 0.5 s, a few
+  clock ticks, report none). Before each model's rounds the runner waits (up to
+  `--settle` s) for the machine to go quiet. A high figure marks a row measured while
+  something else ran (2-thread rows suffer most). The JSON also has the
   hypervisor's steal time per measurement.
 - **Max abs diff**: largest |kiln - onnxruntime| over all outputs (kiln's best executor at
   that thread count), with the largest |onnxruntime output| beside it for scale."""

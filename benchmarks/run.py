@@ -9,11 +9,11 @@
 For each model: export it from PyTorch (cached), count its FLOPs, compile it with kiln
 (cold kernel cache, then a cache hit, then the AOT executor), compile it with TVM (under a
 time limit), then at each thread count measure kiln's graph and AOT executors,
-onnxruntime, OpenVINO and TVM, each in a worker process of its own (benchmarks/worker.py).
+onnxruntime, OpenVINO and TVM, each in a worker process of its own (benchmarks/worker.py),
+their timed runs interleaved in --rounds slices so that all see the machine alike.
 onnxruntime always runs: it is the reference for the outputs and the ratios. A failure of
 any engine on any model is reported in its cell and the run goes on. Measurements wait for
-the machine to go quiet and are repeated when other processes disturbed them (--settle,
---noisy, --retries). --kiln-ref measures kiln as committed at a git ref, whatever the
+the machine to go quiet (--settle). --kiln-ref measures kiln as committed at a git ref, whatever the
 working tree holds. Progress goes to stderr, the tables to stdout (and --markdown); all
 numbers to --json, written after every model.
 """
@@ -27,7 +27,9 @@ import io
 import json
 import os
 import platform
+import select
 import shlex
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -45,6 +47,7 @@ from .merge import merge_runs
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ["ort", "openvino", "tvm"]
 MODULES = {"ort": "onnxruntime", "openvino": "openvino", "tvm": "tvm"}
+MIN_OBSERVED_S = 0.5  # the shortest timed window whose interference figure is reported
 
 
 def log(message: str) -> None:
@@ -128,39 +131,117 @@ def wait_for_quiet(max_wait: float, *, threshold: float = 0.15) -> float:
             return busy
 
 
-def measure(model: zoo.BenchModel, engine: str, threads: int, work: Path, args) -> dict:
-    """One engine's timing of one model at one thread count."""
-    library = {"kiln-graph": work / "kiln-graph.so", "kiln-aot": work / "kiln-aot.so",
-               "tvm": work / "tvm.so"}.get(engine)
-    spec = {"task": "measure", "engine": engine.split("-")[0], "onnx": str(model.onnx_path),
-            "inputs": str(model.inputs_path), "library": str(library), "threads": threads,
-            "repeat": args.repeat, "warmup": args.warmup, "budget_s": args.budget,
-            "min_time_s": args.min_time,
-            "outputs": str(work / f"out-{engine}-{threads}.npz")}
+class Served:
+    """A measuring worker (benchmarks/worker.py, task "serve") and its two pipes."""
+
+    def __init__(self, spec: dict, env: dict[str, str], timeout: float) -> None:
+        self.timeout = timeout
+        command_read, self._command = os.pipe()
+        self._reply, reply_write = os.pipe()
+        self.tmp = tempfile.TemporaryDirectory(prefix="kiln-bench-")
+        spec_path = Path(self.tmp.name) / "spec.json"
+        spec_path.write_text(json.dumps({**spec, "task": "serve", "command_fd": command_read,
+                                         "reply_fd": reply_write}))
+        self.log = Path(self.tmp.name) / "stderr.txt"
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.worker",
+                                          str(spec_path)], cwd=ROOT, env={**os.environ, **env},
+                                         pass_fds=(command_read, reply_write),
+                                         stdout=subprocess.DEVNULL, stderr=log)
+        os.close(command_read)
+        os.close(reply_write)
+        self.replies = os.fdopen(self._reply)
+        self.error: str | None = None
+        self.ready = self._receive()
+
+    def _receive(self) -> dict:
+        """The worker's next reply, or {"ok": False, "error": why} (and the worker gone)."""
+        if self.error is None:
+            ready, _, _ = select.select([self.replies], [], [], self.timeout)
+            line = self.replies.readline() if ready else ""
+            if line:
+                reply = json.loads(line)
+                if reply.get("ok", True):
+                    return reply
+                self.error = reply["error"]
+            else:
+                self.error = self._death(ready)
+            self.close()
+        return {"ok": False, "error": self.error}
+
+    def _death(self, replied: list) -> str:
+        if not replied:
+            self.proc.kill()
+            return f"timed out after {self.timeout:.0f} s"
+        code = self.proc.wait()
+        tail = (self.log.read_text().strip().splitlines() or ["no output"])[-1]
+        how = f"signal {-code}" if code < 0 else f"exit {code}"
+        return f"worker died ({how}): {tail[:200]}"
+
+    def ask(self, command: dict) -> dict:
+        if self.error is None:
+            os.write(self._command, (json.dumps(command) + "\n").encode())
+        return self._receive()
+
+    def close(self) -> None:
+        """Close the command pipe (a worker still reading exits) and wait for the worker."""
+        if self._command >= 0:
+            os.close(self._command)
+            self._command = -1
+        self.proc.wait()
+        self.tmp.cleanup()
+
+
+def measure_together(model: zoo.BenchModel, names: list[str], threads: int, work: Path,
+                     args) -> dict[str, dict]:
+    """Every engine's timing of one model at one thread count, interleaved: each engine's
+    worker loads the model and times its first run (one worker at a time), then --rounds
+    rounds each give every engine a slice of its timed runs (the order rotating), so a
+    drift of the machine's speed over the measurement hits all engines alike."""
     n = str(threads)
     env = {"OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "TVM_NUM_THREADS": n,
            "MKL_NUM_THREADS": n}
+    workers: dict[str, Served] = {}
+    for engine in names:
+        library = {"kiln-graph": work / "kiln-graph.so", "kiln-aot": work / "kiln-aot.so",
+                   "tvm": work / "tvm.so"}.get(engine)
+        spec = {"engine": engine.split("-")[0], "onnx": str(model.onnx_path),
+                "inputs": str(model.inputs_path), "library": str(library), "threads": threads,
+                "warmup": args.warmup, "outputs": str(work / f"out-{engine}-{threads}.npz")}
+        workers[engine] = Served(spec, env, args.timeout)
     busy = wait_for_quiet(args.settle)
-    return {**spawn(spec, timeout=args.timeout, env=env), "busy_before_pct": 100 * busy}
+    rounds = max(1, args.rounds)
+    command = {"op": "time", "runs": -(-args.repeat // rounds), "min_s": args.min_time / rounds,
+               "max_s": args.budget / rounds}
+    slices: dict[str, list[dict]] = {e: [] for e in names}
+    for r in range(rounds):
+        for engine in names[r % len(names):] + names[:r % len(names)]:
+            reply = workers[engine].ask(command)
+            if "samples" in reply:
+                slices[engine].append(reply)
+    cells = {}
+    for engine, served in workers.items():
+        cell = {**served.ready, **served.ask({"op": "finish"}), "busy_before_pct": 100 * busy}
+        served.close()
+        if served.error is None:
+            cell.update(_timing(slices[engine]))
+        cells[engine] = {**cell, "ok": served.error is None} | (
+            {"error": served.error} if served.error else {})
+    return cells
 
 
-def measure_quietly(model: zoo.BenchModel, engine: str, threads: int, work: Path,
-                    args) -> dict:
-    """measure(), repeated (at most --retries times) while other processes took more than
-    --noisy percent of the CPUs during the timed runs; the least disturbed result. TVM,
-    a slow reference, is measured once."""
-    best = {**measure(model, engine, threads, work, args), "attempts": 1}
-    retries = 0 if engine == "tvm" else args.retries
-    while (best.get("ok") and (best["other_cpu_pct"] or 0) > args.noisy
-           and best["attempts"] <= retries):
-        log(f"[{model.name}] {engine:10} threads={threads}: other processes took "
-            f"{best['other_cpu_pct']:.0f}% of the CPUs; measuring again")
-        cell = {**measure(model, engine, threads, work, args), "attempts": best["attempts"] + 1}
-        if cell.get("ok") and (cell["other_cpu_pct"] or 0) < best["other_cpu_pct"]:
-            best = cell
-        else:
-            best["attempts"] = cell["attempts"]
-    return best
+def _timing(slices: list[dict]) -> dict:
+    """An engine's latency figures from its slices, and the CPU other processes took (as a
+    percentage of all cores) and the hypervisor stole over its timed windows."""
+    samples = [s for part in slices for s in part["samples"]]
+    wall = sum(part["wall_s"] for part in slices)
+    capacity = (os.cpu_count() or 1) * wall / 100
+    other = sum(max(0.0, part["busy_s"] - part["own_s"]) for part in slices)
+    # /proc/stat counts in clock ticks (10 ms): over a shorter window the figure means nothing
+    return {"median_ms": statistics.median(samples), "min_ms": min(samples),
+            "runs": len(samples), "rounds": len(slices), "timed_s": wall,
+            "other_cpu_pct": other / capacity if wall >= MIN_OBSERVED_S else None,
+            "steal_pct": sum(part["steal_s"] for part in slices) / capacity}
 
 
 def bench_model(model: zoo.BenchModel, peers: list[str], args, *, numpy_peer: bool) -> dict:
@@ -173,10 +254,11 @@ def bench_model(model: zoo.BenchModel, peers: list[str], args, *, numpy_peer: bo
         entry["builds"] = build(model, work, peers, args)
         names = engines(entry["builds"], peers, micro_numpy=numpy_peer)
         for threads in args.threads:
-            cells = entry["runs"][str(threads)] = {}
-            for engine in names:
-                cell = cells[engine] = measure_quietly(model, engine, threads, work, args)
-                ref = work / f"out-ort-{threads}.npz"
+            log(f"[{model.name}] threads={threads}: measuring {', '.join(names)} together")
+            cells = entry["runs"][str(threads)] = measure_together(model, names, threads, work,
+                                                                   args)
+            ref = work / f"out-ort-{threads}.npz"
+            for engine, cell in cells.items():
                 if cell.get("ok") and engine != "ort" and cells["ort"].get("ok"):
                     mine = work / f"out-{engine}-{threads}.npz"
                     cell["max_abs_diff"], cell["ref_scale"] = max_abs_diff(mine, ref)
@@ -259,11 +341,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--settle", type=float, default=120,
                         help="seconds to wait, before each measurement, for other processes "
                              "to leave the CPUs idle")
-    parser.add_argument("--noisy", type=float, default=10,
-                        help="percent of the CPUs other processes may take during a "
-                             "measurement before it is repeated")
-    parser.add_argument("--retries", type=int, default=2,
-                        help="repeats of a measurement disturbed by other processes")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="slices each engine's timed runs are cut in, interleaved with "
+                             "the other engines' (--repeat, --min-time and --budget are "
+                             "shared among them)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per worker")
     parser.add_argument("--tvm-timeout", type=float, default=600,
                         help="seconds for one TVM compile")

@@ -1,19 +1,14 @@
-"""One measurement in a process of its own: `python -m benchmarks.worker SPEC.json`.
+"""One engine or one build in a process of its own: `python -m benchmarks.worker SPEC.json`.
 
-The runner starts one worker per (model, engine, thread count), so each engine's memory
-high-water mark is its own (`peak_rss_mib`: VmHWM at the end; `model_rss_mib`: that
+The runner starts one measuring worker per (model, engine, thread count), so each engine's
+memory high-water mark is its own (`peak_rss_mib`: VmHWM at the end; `model_rss_mib`: that
 minus the resident size after importing the engine, before loading the model), a crash or
-hang costs one cell of the table, and no engine's thread pool or allocator disturbs
-another's. The spec names the engine, the files and the thread count; the result (JSON) is
-written to spec["result"], the outputs to spec["outputs"] (.npz, out_0, out_1, ...).
-
-Timing: `load_ms` (library load, session creation or model compile), `first_ms` (the first
-run after that), then `warmup` runs (one when the first run took over a second), then
-timed runs until there are `repeat` of them and `min_time_s` has passed, fewer when they
-would exceed `budget_s` (but at least MIN_RUNS; `runs` says how many): `median_ms`,
-`min_ms`. Interference during the timed runs: `other_cpu_pct`,
-the CPU time other processes used, as a percentage of all cores' time, and `steal_pct`, the
-time the hypervisor took.
+hang costs one cell of the table, and no engine's allocator disturbs another's. The spec
+names the engine, the files and the thread count; the outputs go to spec["outputs"] (.npz,
+out_0, out_1, ...). A measuring worker (task "serve") reports `load_ms` (library load,
+session creation or model compile) and `first_ms` (the first run after that), runs
+`warmup` more, then times slices of runs when the runner asks (see serve); a build's
+result (JSON) is written to spec["result"].
 A run includes copying the inputs in (kiln: set_input + run; onnxruntime: run with a feed
 dict; OpenVINO: infer with a feed dict; TVM: the VM call on device arrays made once).
 """
@@ -24,7 +19,6 @@ import importlib
 import json
 import os
 import resource
-import statistics
 import sys
 import time
 import traceback
@@ -158,8 +152,8 @@ ENGINES = {"kiln": _kiln, "ort": _ort, "openvino": _openvino, "tvm": _tvm, "nump
 IMPORTS = {"kiln": ["kiln"], "ort": ["onnxruntime"], "openvino": ["openvino"],
            "tvm": ["tvm", "tvm.relax"], "numpy": ["onnx"]}
 MIN_RUNS = 3  # timed runs kept even past the time budget
-MAX_RUNS = 100_000  # of a tiny model, past spec["min_time_s"]
-MIN_OBSERVED_S = 0.5  # the shortest timed window whose interference figure is reported
+MAX_RUNS = 100_000  # of a tiny model, past the slice's min_s
+SLICE_WARMUP = 2  # untimed runs that start each slice (caches and threads after the others)
 
 
 def _more(samples: list[float], repeat: int, deadline: float, min_end: float) -> bool:
@@ -173,9 +167,34 @@ def _more(samples: list[float], repeat: int, deadline: float, min_end: float) ->
     return len(samples) < repeat or now < min_end
 
 
-def measure(spec: dict) -> dict:
-    """Prepare the engine, time the first run and `repeat` more (fewer, but at least
-    MIN_RUNS, when they would take longer than spec["budget_s"]), save the outputs."""
+def time_slice(run: Callable[[], None], command: dict, *, slow: bool) -> dict:
+    """One slice of timed runs: SLICE_WARMUP untimed runs (none when a run takes seconds),
+    then runs until command["runs"] and command["min_s"] are reached, fewer past
+    command["max_s"] (but at least MIN_RUNS); the samples in ms, and the machine's busy and
+    steal CPU seconds and this process's own over the timed window."""
+    for _ in range(0 if slow else SLICE_WARMUP):
+        run()
+    samples: list[float] = []
+    (busy0, steal0), own0, wall0 = cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
+    deadline, min_end = wall0 + command["max_s"], wall0 + command["min_s"]
+    while _more(samples, command["runs"], deadline, min_end):
+        start = time.perf_counter()
+        run()
+        samples.append((time.perf_counter() - start) * 1e3)
+    (busy1, steal1), own1 = cpu_seconds(), _own_cpu_seconds()
+    return {"samples": samples, "busy_s": busy1 - busy0, "steal_s": steal1 - steal0,
+            "own_s": own1 - own0, "wall_s": time.perf_counter() - wall0}
+
+
+def serve(spec: dict, commands, replies) -> None:
+    """Prepare the engine and time its first run, then answer the runner's commands (JSON
+    lines): {"op": "time", ...} a slice of timed runs (time_slice), {"op": "finish"} save
+    the outputs and report memory, and exit. The runner interleaves the slices of every
+    engine of a model, so that all of them see the machine in the same states."""
+    def reply(message: dict) -> None:
+        replies.write(json.dumps(message) + "\n")
+        replies.flush()
+
     inputs = dict(np.load(spec["inputs"]))
     engine = ENGINES[spec["engine"]]
     for module in IMPORTS[spec["engine"]]:
@@ -190,27 +209,16 @@ def measure(spec: dict) -> dict:
     first_ms = (time.perf_counter() - start) * 1e3
     for _ in range(spec["warmup"] if first_ms < 1e3 else 1):
         run()
-    samples: list[float] = []
-    (busy0, steal0), own0, wall0 = cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
-    deadline = time.perf_counter() + spec["budget_s"]
-    min_end = time.perf_counter() + spec["min_time_s"]
-    while _more(samples, spec["repeat"], deadline, min_end):
-        start = time.perf_counter()
-        run()
-        samples.append((time.perf_counter() - start) * 1e3)
-    (busy1, steal1), own1 = cpu_seconds(), _own_cpu_seconds()
-    wall = time.perf_counter() - wall0
-    capacity = (os.cpu_count() or 1) * wall / 100
-    # /proc/stat counts in clock ticks (10 ms): over a shorter window the figure means nothing
-    other_pct = (max(0.0, (busy1 - busy0) - (own1 - own0)) / capacity
-                 if wall >= MIN_OBSERVED_S else None)
-    np.savez(spec["outputs"], **{f"out_{i}": o for i, o in enumerate(outputs())})
-    peak = _peak_rss_mib()
-    return {"load_ms": load_ms, "first_ms": first_ms, "median_ms": statistics.median(samples),
-            "min_ms": min(samples), "runs": len(samples), "peak_rss_mib": peak,
-            "model_rss_mib": peak - base_rss, "load_average": load_average,
-            "other_cpu_pct": other_pct, "steal_pct": (steal1 - steal0) / capacity,
-            "timed_s": wall}
+    reply({"ok": True, "load_ms": load_ms, "first_ms": first_ms, "load_average": load_average})
+    for line in commands:
+        command = json.loads(line)
+        if command["op"] == "time":
+            reply(time_slice(run, command, slow=first_ms >= 1e3))
+            continue
+        np.savez(spec["outputs"], **{f"out_{i}": o for i, o in enumerate(outputs())})
+        peak = _peak_rss_mib()
+        reply({"peak_rss_mib": peak, "model_rss_mib": peak - base_rss})
+        return
 
 
 # --- builds: kiln and TVM compile here, so a crash or a time limit costs only this step ----
@@ -250,11 +258,20 @@ def build_tvm(spec: dict) -> dict:
             "peak_rss_mib": _peak_rss_mib()}
 
 
-TASKS = {"measure": measure, "build_kiln": build_kiln, "build_tvm": build_tvm}
+TASKS = {"build_kiln": build_kiln, "build_tvm": build_tvm}
 
 
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
+    if spec["task"] == "serve":  # talks over the two pipes the runner passed
+        with (os.fdopen(spec["command_fd"]) as commands,
+              os.fdopen(spec["reply_fd"], "w") as replies):
+            try:
+                serve(spec, commands, replies)
+            except Exception as e:  # reported in the table as this cell's failure
+                lines = traceback.format_exception_only(e)
+                replies.write(json.dumps({"ok": False, "error": "".join(lines).strip()}) + "\n")
+        return
     try:
         result = {"ok": True, **TASKS[spec["task"]](spec)}
     except Exception as e:  # reported in the table as this cell's failure

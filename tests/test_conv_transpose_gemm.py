@@ -21,6 +21,7 @@ import kiln.pipeline  # noqa: F401  (build_with_sources patches it)
 from kiln.runtime.compat import host_arch, host_features
 from tests.util import (
     build_with_sources,
+    forks_threads,
     graph_model,
     ir_reference,
     ort_run,
@@ -147,7 +148,7 @@ def test_unet_upsampling_forks_threads(monkeypatch):
     threads."""
     model, inputs = _model((1, 128, 16, 16), (128, 64, 2, 2), {"strides": [2, 2]}, bias=True)
     sources = _check(model, inputs, monkeypatch)
-    assert any("#pragma omp" in s for s in sources)
+    assert forks_threads(sources)
 
 
 @pytest.mark.parametrize("xs,ws,attrs", [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zlib
@@ -92,6 +93,15 @@ def direct_convs(monkeypatch) -> None:
     is small enough), for tests of the direct conv kernels."""
     monkeypatch.setattr(winograd, "MIN_TILES", 1 << 62)
     monkeypatch.setattr(winograd, "CACHED_WEIGHT_BYTES", -1)
+
+
+_FORK = re.compile(r"kiln_parallel\(kiln_task\d+, ")  # a call; the prelude's declaration
+# names the parameter `kiln_task task`
+
+
+def forks_threads(sources: Sequence[str]) -> bool:
+    """Whether any of these kernel sources hands a loop nest to the thread pool."""
+    return any(_FORK.search(s) for s in sources)
 
 
 def run_outputs(lib, inputs: Mapping[str, np.ndarray], threads: int = 1) -> list[np.ndarray]:

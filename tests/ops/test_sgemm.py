@@ -23,6 +23,7 @@ from kiln.runtime.compat import host_arch, host_features
 from tests.util import (
     build_with_sources,
     direct_convs,
+    forks_threads,
     graph_model,
     ort_run,
     run_outputs,
@@ -231,7 +232,7 @@ def test_thread_count_gives_identical_bits(case, monkeypatch):
     if case != "winograd":
         direct_convs(monkeypatch)
     lib, sources = build_with_sources(model, inputs, monkeypatch)
-    assert _on_driver(sources) and any("#pragma omp" in s for s in sources)
+    assert _on_driver(sources) and forks_threads(sources)
     assert ("winograd_weight=[64" in lib.ir()) is (case == "winograd")
     first = run_outputs(lib, inputs, threads=1)
     for threads in (2, 3):

@@ -16,7 +16,14 @@ from onnx import TensorProto, helper
 
 import kiln
 import kiln.pipeline
-from tests.util import build_with_sources, direct_convs, ort_run, run_outputs, single_node_model
+from tests.util import (
+    build_with_sources,
+    direct_convs,
+    forks_threads,
+    ort_run,
+    run_outputs,
+    single_node_model,
+)
 
 RNG = np.random.default_rng(7)
 THREADS = (1, 2, 3)
@@ -100,7 +107,7 @@ def test_thread_count_does_not_change_results(name, monkeypatch):
     model, tol = CASES[name]
     inputs = _inputs(model)
     lib, sources = build_with_sources(model, inputs, monkeypatch)
-    assert any("#pragma omp" in s for s in sources), "the kernel does not fork threads"
+    assert forks_threads(sources), "the kernel does not fork threads"
     first = run_outputs(lib, inputs, THREADS[0])
     for threads in THREADS[1:]:
         for k, (a, b) in enumerate(zip(first, run_outputs(lib, inputs, threads), strict=True)):
@@ -113,7 +120,7 @@ def test_small_kernel_stays_serial(monkeypatch):
     x = _f32(4, 64)
     model = single_node_model("Relu", {"x": x}, opset=17)
     _, sources = build_with_sources(model, {"x": x}, monkeypatch)
-    assert not any("#pragma omp" in s for s in sources)
+    assert not forks_threads(sources)
 
 
 def test_aot_executor_with_threads(monkeypatch):
@@ -126,13 +133,13 @@ def test_aot_executor_with_threads(monkeypatch):
 
 
 def test_two_executors_run_concurrently_with_their_own_thread_counts(monkeypatch):
-    """Each Python thread sets its own OpenMP thread count before its native calls."""
+    """Each Python thread sets its own thread count (the pool's team) before its native calls."""
     model, _ = CASES["conv_channel_parts"]
     inputs = _inputs(model)
     lib, _ = build_with_sources(model, inputs, monkeypatch)
     expected = run_outputs(lib, inputs, 1)[0]
     results: dict[int, list[np.ndarray]] = {1: [], 2: []}
-    seen: dict[int, set[int]] = {1: set(), 2: set()}  # OpenMP's thread count after each run
+    seen: dict[int, set[int]] = {1: set(), 2: set()}  # the team size after each run
     errors: list[BaseException] = []
     start = threading.Barrier(2)
 
@@ -140,7 +147,7 @@ def test_two_executors_run_concurrently_with_their_own_thread_counts(monkeypatch
         try:
             gmod = kiln.GraphModule(lib["default"](kiln.cpu(0, num_threads=threads)))
             gmod.set_input(**inputs)
-            max_threads = gmod.executor.lib.native.kiln_max_threads
+            max_threads = gmod.executor.lib.native.kiln_threads
             start.wait()
             for _ in range(30):
                 gmod.run()

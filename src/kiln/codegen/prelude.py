@@ -1,17 +1,12 @@
 """The C prelude every kernel source starts with: headers and small shared helpers."""
 
 from .gemm import GEMM_API
+from .threadpool import THREADPOOL_API, THREADPOOL_SOURCE
 
 PRELUDE = r"""#include <math.h>
 #include <stdint.h>
 #include <string.h>
 #include <float.h>
-#ifdef _OPENMP /* built without OpenMP (kiln/export/mlf.py), a kernel runs serially */
-#include <omp.h>
-#define kiln_team_size() omp_get_num_threads()
-#else
-#define kiln_team_size() 1
-#endif
 
 static inline int64_t kiln_imod_floor(int64_t a, int64_t b) {
     int64_t r = a % b;
@@ -93,35 +88,20 @@ static inline float kiln_tanhf(float x) {
     const float r = c * p / q;
     return r > 1.0f ? 1.0f : (r < -1.0f ? -1.0f : r);
 }
-""" + GEMM_API
+""" + THREADPOOL_API + GEMM_API
 
 
-# Linked into every library. The runtime sets the thread count before each run, so it is a
-# run-time choice, not a property of the library. The weights guard keeps a truncated file
-# from killing the process: weights read in place from a library file (verify="header") are a
-# mapping of that file, and touching a page past a shortened file's end raises SIGBUS. The
-# guard maps a zero page there instead and marks the range's slot in kiln_guard_lost, which
-# the runtime reports after the run; a fault anywhere else goes to the previous handler.
+# Linked into every library: the thread pool (threadpool.py: the runtime sets the thread
+# count before each run, so it is a run-time choice, not a property of the library) and the
+# weights guard. The guard keeps a truncated file from killing the process: weights read in
+# place from a library file (verify="header") are a mapping of that file, and touching a page
+# past a shortened file's end raises SIGBUS. The guard maps a zero page there instead and
+# marks the range's slot in kiln_guard_lost, which the runtime reports after the run; a fault
+# anywhere else goes to the previous handler.
 SUPPORT_NAME = "kiln_support"
-SUPPORT_SOURCE = r"""#define _GNU_SOURCE
-#include <omp.h>
-#include <signal.h>
+SUPPORT_SOURCE = THREADPOOL_SOURCE + r"""#include <signal.h>
 #include <stddef.h>
-#include <stdint.h>
 #include <sys/mman.h>
-#include <unistd.h>
-
-void kiln_set_num_threads(int n) {
-    static volatile int pool; /* the thread count whose OpenMP pool has been started */
-    n = n > 0 ? n : 1;
-    omp_set_num_threads(n);
-    if (n > 1 && n != pool) { /* start the threads now, not inside the first run's kernels */
-#pragma omp parallel
-        { }
-        pool = n;
-    }
-}
-int kiln_max_threads(void) { return omp_get_max_threads(); }
 
 #define KILN_GUARD_SLOTS 64
 static volatile uintptr_t guard_lo[KILN_GUARD_SLOTS], guard_hi[KILN_GUARD_SLOTS];

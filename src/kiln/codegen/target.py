@@ -35,10 +35,10 @@ FEATURE_MACROS = {
 
 # -fvect-cost-model=dynamic: at -O2, gcc 12 otherwise skips vectorizing loops with
 # run-time trip counts.
-# -fopenmp: kernels parallelize their outer loops; the thread count is set at run time.
+# -pthread: kiln's thread pool (threadpool.py) splits the kernels' loops.
 # -falign-functions=64: kernel speed does not depend on where the linker happens to place it.
 BASE_FLAGS = ("-O2", "-fPIC", "-std=gnu11", "-fno-math-errno", "-fvect-cost-model=dynamic",
-              "-fopenmp", "-falign-functions=64")
+              "-pthread", "-falign-functions=64")
 # gcc 12 tuned for AVX-512 machines can place small stack arrays of leaf functions in the red
 # zone misaligned and then read them with aligned vector loads (a crash seen in conv kernels);
 # not using the red zone avoids it at no measurable cost.

@@ -2,10 +2,11 @@
 for programs with no Python, no dynamic loader and no operating system.
 
 FactoryModule.export_library writes it for a `.mlf.tar` path. The kernels are the sources
-kiln compiled, minus their OpenMP pragmas (the archive's code is serial); the runtime is
-the GEMM driver plus a kiln_scratch that carves the kernels' buffers out of the caller's
-workspace (no malloc); each model gets a C API (kiln_<model>.h/.c), its weights as const
-arrays and as safetensors, its IR, and its self-test vectors if the export made some.
+kiln compiled; the runtime is the GEMM driver, a kiln_scratch that carves the kernels'
+buffers out of the caller's workspace (no malloc) and a serial kiln_parallel (the archive's
+code runs in the caller's thread: each kernel's parallel loops run whole); each model gets
+a C API (kiln_<model>.h/.c), its weights as const arrays and as safetensors, its IR, and
+its self-test vectors if the export made some.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..codegen.aot import render_entry
 from ..codegen.gemm import GEMM_DRIVER_SOURCE
 from ..codegen.kernels.registry import ctype
 from ..codegen.target import Target
+from ..codegen.threadpool import SERIAL_POOL_SOURCE
 from ..errors import ExportError
 from .pack import tar_bytes
 
@@ -37,7 +39,6 @@ SLOTS = 3  # kiln_scratch's slots (kiln/codegen/gemm.py)
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
 
 _SCRATCH_CALL = re.compile(r"kiln_scratch\((\d+), (\d+)\)")
-_PRAGMA = re.compile(r"^[ \t]*#pragma omp\b.*\n", re.MULTILINE)
 
 RUNTIME_HEADER = """/* kiln Model Library Format runtime (docs/mlf.md). */
 #ifndef KILN_RUNTIME_H
@@ -76,7 +77,8 @@ float* kiln_scratch(int slot, size_t count) {
 
 RUNTIME_FILES = {"runtime/include/kiln_runtime.h": RUNTIME_HEADER,
                  "runtime/src/kiln_runtime.c": RUNTIME_SOURCE,
-                 "runtime/src/kiln_gemm.c": GEMM_DRIVER_SOURCE}
+                 "runtime/src/kiln_gemm.c": GEMM_DRIVER_SOURCE,
+                 "runtime/src/kiln_parallel.c": SERIAL_POOL_SOURCE}
 
 
 def c_identifier(name: str, taken: set[str]) -> str:
@@ -94,11 +96,6 @@ def c_identifier(name: str, taken: set[str]) -> str:
 
 def _round(nbytes: int) -> int:
     return -(-nbytes // ALIGN) * ALIGN
-
-
-def serial_source(source: str) -> str:
-    """A kernel's C source without its OpenMP pragmas: the same computation, serially."""
-    return _PRAGMA.sub("", source)
 
 
 def scratch_floats(sources: list[str]) -> list[int]:
@@ -321,7 +318,7 @@ def write_mlf(compiled: dict[str, CompiledModel], target: Target,
         members[files["params"]] = _params_source(m).encode()
         members[files["entry"]] = m.entry.source.encode()
         for func in m.kernels:
-            members[f"{src}/{func}.c"] = serial_source(m.model.sources[func]).encode()
+            members[f"{src}/{func}.c"] = m.model.sources[func].encode()
         members[files["safetensors"]] = save({p["name"]: np.ascontiguousarray(
             m.model.weights[p["name"]]) for p in m.params})
         members[files["ir"]] = m.model.spec["ir"].encode()

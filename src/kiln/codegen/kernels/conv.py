@@ -31,7 +31,7 @@ from .registry import (
     KernelContext,
     kernel,
     lit,
-    parallel_for,
+    parallel,
     strides,
     worth_threads,
 )
@@ -142,16 +142,13 @@ def _row_kernel(ctx: KernelContext, transposed: bool) -> str:
                f"{g.in_per_group} + c) * {math.prod(g.in_size)};\n"
                f"const {t}* restrict wc = {ctx.ins[1]} + {w_base};\n{taps}")
     row = _row_tile(ctx, g, mb, tile, channel)
-    tiles = f"for (int64_t t0 = 0; t0 < {out[-1]}; t0 += {tile}) {{\n{indent(row)}\n}}"
-    outer = [(f"o{j}", out[j]) for j in range(g.rank - 1)]
-    blocks = f"for (int64_t m0 = 0; m0 < {mg}; m0 += {mb}) {{\n" \
-             f"{indent(nest(outer, tiles))}\n}}"
     # Every loop down to the row tiles is split among the threads: all write apart.
+    loops = [("n", g.batch), ("g", g.group), ("m0", mg, mb),
+             *[(f"o{j}", out[j]) for j in range(g.rank - 1)], ("t0", out[-1], tile)]
     positions = math.prod(g.in_size if transposed else out)
     work = g.batch * g.group * mg * g.in_per_group * math.prod(g.kernel) * positions
     trips = g.batch * g.group * mg // mb * math.prod(out[:-1]) * -(-out[-1] // tile)
-    return parallel_for(work, trips, collapse=g.rank + 3) \
-        + nest([("n", g.batch), ("g", g.group)], blocks)
+    return parallel(ctx, loops, indent(row), threads=worth_threads(work, trips))
 
 
 def _gemm_tiles(mg: int, r: int, positions: int, itemsize: int, images: int,
@@ -169,12 +166,13 @@ def _gemm_tiles(mg: int, r: int, positions: int, itemsize: int, images: int,
     return p, max(1, min(r, rc - rc % 4))
 
 
-def _tile_loops(g: ConvGeometry, positions: int, tile: int, body: str, work: int) -> str:
+def _tile_loops(ctx: KernelContext, g: ConvGeometry, positions: int, tile: int, body: str,
+                work: int) -> str:
     """im2col conv: geometry.tile_loops, whose parts (when fewer tiles than threads) each
     fill the im2col tile on their own, so one thread still runs whole groups."""
     mg = g.out_per_group
     bounds = f"const int64_t m0 = part * {mg} / parts, mn = (part + 1) * {mg} / parts - m0;"
-    return tile_loops(g, positions, tile, body, work=work, split=work >= PART_MIN_WORK,
+    return tile_loops(ctx, g, positions, tile, body, work=work, split=work >= PART_MIN_WORK,
                       max_parts=mg // PART_MIN_CHANNELS, part_bounds=bounds)
 
 
@@ -251,7 +249,7 @@ def _im2col_conv(ctx: KernelContext) -> str:
             f"for (int64_t r0 = 0; r0 < {r_size}; r0 += {chunk}) {{\n"
             + indent(chunk_body) + "\n}\n"
             + loop("m", "mn", loop("p", "pn", store)))
-    return _tile_loops(g, positions, tile, body, work)
+    return _tile_loops(ctx, g, positions, tile, body, work)
 
 
 @kernel("conv")

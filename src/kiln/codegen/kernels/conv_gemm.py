@@ -28,6 +28,7 @@ from .registry import (
     ALIGNED,
     PARALLEL_TRIPS,
     KernelContext,
+    parallel,
     strides,
     worth_threads,
 )
@@ -153,13 +154,14 @@ def _fill(ctx: KernelContext, g: ConvGeometry) -> str:
         f"{PANEL} * sizeof(float));") + "\n}")
 
 
-def _loops(g: ConvGeometry, positions: int, tile: int, body: str, work: int) -> str:
+def _loops(ctx: KernelContext, g: ConvGeometry, positions: int, tile: int, body: str,
+           work: int) -> str:
     """geometry.tile_loops with channel parts at multiples of the micro-kernels' rows."""
     mg, units = g.out_per_group, -(-g.out_per_group // ROW_STEP)
     bounds = (f"const int64_t m0 = part * {units} / parts * {ROW_STEP};\n"
               f"const int64_t m1 = (part + 1) * {units} / parts * {ROW_STEP};\n"
               f"const int64_t mn = (m1 < {mg} ? m1 : {mg}) - m0;")
-    return tile_loops(g, positions, tile, body, work=work, split=worth_threads(work, 2),
+    return tile_loops(ctx, g, positions, tile, body, work=work, split=worth_threads(work, 2),
                       max_parts=mg // PART_MIN_ROWS, part_bounds=bounds)
 
 
@@ -185,33 +187,31 @@ def _sgemm_conv_t(ctx: KernelContext, g: ConvGeometry) -> str:
                 panel_stride=str(reduction * PANEL), c="part", ldc=str(cols), epilogue=epilogue,
                 origin=f"n * {channels}", row="i0", col="j0")
     threads = worth_threads(work, 2)
-    product = (("#pragma omp for schedule(static) collapse(2)\n" if threads else "")
-               + f"for (int64_t i0 = 0; i0 < {positions}; i0 += {rows})\n"
-               f"for (int64_t j0 = 0; j0 < {channels}; j0 += {cols}) {{\n" + indent(
-                   f"const int64_t mn = {positions} - i0 < {rows} ? {positions} - i0 : {rows};\n"
-                   f"const int64_t nn = {channels} - j0 < {cols} ? {channels} - j0 : {cols};\n"
-                   f"float* restrict part = kiln_scratch(2, {rows * cols});\n"
-                   + call.render()) + "\n}")
+    # per image, the im2col's rows, then the product's parts, split among the threads (the
+    # first call returns when the im2col is whole); both read the master's buffers
     taps, size, offset = math.prod(g.kernel), math.prod(g.in_size), _offset_type(g)
-    fill, shared = "", ""
+    buffers, fill, shared = "", "", ["const int64_t n"]
     if not g.pointwise:
-        fill = (("#pragma omp for schedule(static)\n" if threads else "")
-                + f"for (int64_t r = 0; r < {reduction}; ++r) {{\n" + indent(
-                    f"const float* restrict xc = {ctx.ins[0]} + (n * {g.in_channels} + r / {taps})"
-                    f" * {size};\n"
-                    f"const {offset}* restrict tr = tab + r % {taps} * {positions};\n"
-                    f"float* restrict line = col + r * {positions};\n"
-                    + loop("p", positions, "line[p] = tr[p] >= 0 ? xc[tr[p]] : 0.0f;"))
-                + "\n}\n")
         # one buffer: the im2col (floats), then (64-byte aligned) the gather table
         table = round_up(reduction * positions, 16)
-        shared = (f"float* restrict col = kiln_scratch(1, {table + 2 * taps * positions});\n"
-                  f"{offset}* restrict tab = ({offset}*)(col + {table});\n"
-                  f"{_gather_table(g)}\n")
-    region = fill + product
-    if threads:
-        region = f"#pragma omp parallel\n{{\n{region}\n}}"
-    return shared + f"for (int64_t n = 0; n < {g.batch}; ++n) {{\n{indent(region)}\n}}"
+        buffers = (f"float* restrict col = kiln_scratch(1, {table + 2 * taps * positions});\n"
+                   f"{offset}* restrict tab = ({offset}*)(col + {table});\n"
+                   f"{_gather_table(g)}\n")
+        fill = parallel(ctx, [("r", reduction)], indent(
+            f"const float* restrict xc = {ctx.ins[0]} + (n * {g.in_channels} + r / {taps})"
+            f" * {size};\n"
+            f"const {offset}* restrict tr = tab + r % {taps} * {positions};\n"
+            f"float* restrict line = col + r * {positions};\n"
+            + loop("p", positions, "line[p] = tr[p] >= 0 ? xc[tr[p]] : 0.0f;")),
+            threads=threads, shared=[*shared, "float* restrict col",
+                                     f"const {offset}* restrict tab"]) + "\n"
+        shared.append("const float* restrict col")
+    product = parallel(ctx, [("i0", positions, rows), ("j0", channels, cols)], indent(
+        f"const int64_t mn = {positions} - i0 < {rows} ? {positions} - i0 : {rows};\n"
+        f"const int64_t nn = {channels} - j0 < {cols} ? {channels} - j0 : {cols};\n"
+        f"float* restrict part = kiln_scratch(2, {rows * cols});\n"
+        + call.render()), threads=threads, shared=shared)
+    return buffers + f"for (int64_t n = 0; n < {g.batch}; ++n) {{\n{indent(fill + product)}\n}}"
 
 
 def sgemm_conv(ctx: KernelContext, g: ConvGeometry) -> str:
@@ -239,7 +239,7 @@ def sgemm_conv(ctx: KernelContext, g: ConvGeometry) -> str:
                     a_rs=str(cg), a_cs="1", epilogue=epilogue,
                     b=f"{ctx.ins[0]} + (n * {g.in_channels} + g * {cg}) * {positions} + p0",
                     b_rs=str(positions), b_cs="1", k_max=cg, n_max=tile, **where)
-        return _loops(g, positions, tile, head + call.render(), work)
+        return _loops(ctx, g, positions, tile, head + call.render(), work)
     last = "NULL" if epilogue == "NULL" else f"pc + kc == {reduction} ? {epilogue} : NULL"
     call = Call(m="mn", n="pn", k="kc", a=f"{ctx.ins[1]} + (g * {mg} + m0) * {reduction} + pc",
                 a_rs=str(reduction), a_cs="1", b_panels="col",
@@ -250,4 +250,4 @@ def sgemm_conv(ctx: KernelContext, g: ConvGeometry) -> str:
     body = (head + f"float* restrict col = kiln_scratch(1, {min(KC, reduction) * tile});\n"
             f"float line[{tile}] {ALIGNED};\n"
             f"for (int64_t p = pn; p < {tile}; ++p) line[p] = 0;\n" + slices)
-    return _loops(g, positions, tile, body, work)
+    return _loops(ctx, g, positions, tile, body, work)

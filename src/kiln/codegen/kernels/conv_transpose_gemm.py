@@ -28,7 +28,7 @@ from ...ops.layout import PANEL, sgemm_worth
 from ..gemm import NC, ROW_STEP
 from .geometry import ConvGeometry, ceil_div, tile_loops
 from .loops import flat_index, indent, loop
-from .registry import PARALLEL_TRIPS, KernelContext, parallel_for, strides, worth_threads
+from .registry import PARALLEL_TRIPS, KernelContext, parallel, strides, worth_threads
 from .sgemm import Call, driver_work, round_up, writes_raw
 
 CHUNK_ROWS = 8 * ROW_STEP  # product rows per driver call (its C buffer: CHUNK_ROWS x tile)
@@ -208,7 +208,7 @@ def _exact(ctx: KernelContext, g: ConvGeometry, work: int) -> str:
             f"float* restrict col = kiln_scratch(1, {g.in_per_group * tile});\n"
             f"{_fill(ctx, g)}\n{_product(ctx, g, tile, epilogue)}")
     max_parts, bounds = _channel_parts(g)
-    return tile_loops(g, positions, tile, body, work=work, split=worth_threads(work, 2),
+    return tile_loops(ctx, g, positions, tile, body, work=work, split=worth_threads(work, 2),
                       max_parts=max_parts, part_bounds=bounds)
 
 
@@ -238,10 +238,8 @@ def _overlapping(ctx: KernelContext, g: ConvGeometry, work: int) -> str:
     body = (f"const int64_t m0 = part * {mg} / {parts}, mn = (part + 1) * {mg} / {parts} - m0;\n"
             f"float* restrict col = kiln_scratch(1, {g.in_per_group * tile});\n"
             f"{init}\n{tiles}{chain}")
-    return (parallel_for(work, g.batch * g.group * parts, collapse=3)
-            + f"for (int64_t n = 0; n < {g.batch}; ++n)\n"
-            f"for (int64_t g = 0; g < {g.group}; ++g)\n"
-            f"for (int64_t part = 0; part < {parts}; ++part) {{\n{indent(body)}\n}}")
+    return parallel(ctx, [("n", g.batch), ("g", g.group), ("part", parts)], indent(body),
+                    threads=worth_threads(work, g.batch * g.group * parts))
 
 
 def sgemm_conv_transpose(ctx: KernelContext, g: ConvGeometry) -> str:

@@ -20,7 +20,7 @@ import math
 from .depthwise_direct import band_store, direct_conv, direct_fit, tap_sum
 from .geometry import ConvGeometry
 from .loops import Plane, indent, loop, nest, out_index
-from .registry import ALIGNED, KernelContext, lit, parallel_for, strides
+from .registry import ALIGNED, KernelContext, lit, parallel, strides, worth_threads
 
 # depthwise conv: kernels with at most this many taps sum them all in one loop over a row
 DEPTHWISE_UNROLLED_TAPS = 25
@@ -151,8 +151,8 @@ def _channel_conv(ctx: KernelContext, g: ConvGeometry, plane: Plane) -> str:
                + loop("m", mg, weights + rows))
     work = (g.batch * g.out_channels * math.prod(g.out_size) * math.prod(g.kernel)
             + g.batch * g.group * plane.size)
-    return parallel_for(work, g.batch * g.group, collapse=2) \
-        + nest([("n", g.batch), ("g", g.group)], plane.declare(t) + "\n" + channel)
+    return parallel(ctx, [("n", g.batch), ("g", g.group)], plane.declare(t) + "\n" + channel,
+                    threads=worth_threads(work, g.batch * g.group))
 
 
 def _interleave(name: str, count: int) -> str:
@@ -233,8 +233,8 @@ def _lanes_conv(ctx: KernelContext, g: ConvGeometry) -> str:
             + loop("j", "cn", loop("q", out_area, store)))
     blocks = -(-c // LANES)
     work = g.batch * c * (out_area * taps + plane.size)
-    return (parallel_for(work, g.batch * blocks, collapse=2)
-            + nest([("n", g.batch), ("b", blocks)], body))
+    return parallel(ctx, [("n", g.batch), ("b", blocks)], body,
+                    threads=worth_threads(work, g.batch * blocks))
 
 
 def depthwise_conv(ctx: KernelContext, g: ConvGeometry, plane: Plane) -> str:

@@ -22,7 +22,7 @@ import math
 
 from .geometry import ConvGeometry
 from .loops import indent, loop
-from .registry import ALIGNED, KernelContext, parallel_for
+from .registry import ALIGNED, KernelContext, parallel, worth_threads
 
 # each sum of taps is split in this many interleaved partial sums: float adds are not
 # reassociated, so one chain of 25 dependent multiply-adds would wait on their latency
@@ -298,5 +298,5 @@ def direct_conv(ctx: KernelContext, g: ConvGeometry) -> str:
             f"const float* restrict wc = {ctx.ins[1]} + g * {math.prod(g.kernel)};\n"
             + loop("r0", oh, rows, step=band))
     work = g.batch * c * math.prod(g.out_size) * math.prod(g.kernel)
-    return (parallel_for(work, g.batch * c, collapse=2)
-            + loop("n", g.batch, loop("g", c, body)))
+    return parallel(ctx, [("n", g.batch), ("g", c)], body,
+                    threads=worth_threads(work, g.batch * c))

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 from ...ops.conv import weight_type
 from .loops import indent
-from .registry import KernelContext, parallel_for
+from .registry import KernelContext, parallel, worth_threads
 
 
 def ceil_div(a: str, b: int) -> str:
@@ -78,8 +78,8 @@ class ConvGeometry:
                        dilations=(1,), pad_begins=(0,), pad_ends=(0,))
 
 
-def tile_loops(g: ConvGeometry, positions: int, tile: int, body: str, *, work: int,
-               split: bool, max_parts: int, part_bounds: str) -> str:
+def tile_loops(ctx: KernelContext, g: ConvGeometry, positions: int, tile: int, body: str, *,
+               work: int, split: bool, max_parts: int, part_bounds: str) -> str:
     """C: loops over (image, group, position tile p0) around body, which computes the output
     channels m0 .. m0 + mn of a tile; threads split the tiles. With `split` and max_parts >= 2,
     each tile's channels are also cut in as many parts (up to max_parts) as the run-time
@@ -87,15 +87,14 @@ def tile_loops(g: ConvGeometry, positions: int, tile: int, body: str, *, work: i
     sets m0 and mn of part `part` of `parts`."""
     mg = g.out_per_group
     tiles = g.batch * g.group * -(-positions // tile)
-    loops = (f"for (int64_t n = 0; n < {g.batch}; ++n)\n"
-             f"for (int64_t g = 0; g < {g.group}; ++g)\n"
-             f"for (int64_t p0 = 0; p0 < {positions}; p0 += {tile})")
+    loops = [("n", g.batch), ("g", g.group), ("p0", positions, tile)]
     if max_parts < 2 or not split:
-        return (parallel_for(work, tiles, collapse=3)
-                + f"{loops} {{\nconst int64_t m0 = 0, mn = {mg};\n{indent(body)}\n}}")
-    part = (f"for (int64_t part = 0; part < parts; ++part) {{\n{indent(part_bounds)}\n"
-            f"{indent(body)}\n}}")
-    return ("#pragma omp parallel\n{\n"
-            f"const int64_t want = (kiln_team_size() + {tiles - 1}) / {tiles};\n"
+        return parallel(ctx, loops, indent(f"const int64_t m0 = 0, mn = {mg};\n{body}"),
+                        threads=worth_threads(work, tiles))
+    # the parts are counted once per call, from the thread count the pool splits it among
+    return ("{\n"
+            f"const int64_t want = (kiln_threads() + {tiles - 1}) / {tiles};\n"
             f"const int64_t parts = want < {max_parts} ? want : {max_parts};\n"
-            f"#pragma omp for schedule(static) collapse(4)\n{loops}\n{part}\n}}")
+            + parallel(ctx, [*loops, ("part", "parts")], indent(f"{part_bounds}\n{body}"),
+                       threads=True, shared=["const int64_t parts"])
+            + "\n}")

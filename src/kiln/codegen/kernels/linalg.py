@@ -26,7 +26,7 @@ from .registry import (
     is_float,
     kernel,
     lit,
-    parallel_for,
+    parallel,
     worth_threads,
 )
 from .sgemm import Call, Value, driver_work, split, tile_epilogue, writes_raw
@@ -115,10 +115,8 @@ def _render_product(ctx: KernelContext, p: _Product, value: Callable[[str], str]
                       f"const int64_t ob = b * {p.m * p.n};",
                       f"const int64_t mr = {p.m} - i0 < {rows} ? {p.m} - i0 : {rows};", block])
     trips = p.batch * -(-p.n // nb) * -(-p.m // rows)
-    return (parallel_for(p.batch * p.m * p.n * p.k, trips, collapse=3)
-            + f"for (int64_t b = 0; b < {p.batch}; ++b)\n"
-            f"for (int64_t j0 = 0; j0 < {p.n}; j0 += {nb})\n"
-            f"for (int64_t i0 = 0; i0 < {p.m}; i0 += {rows}) {{\n{indent(body)}\n}}")
+    return parallel(ctx, [("b", p.batch), ("j0", p.n, nb), ("i0", p.m, rows)], indent(body),
+                    threads=worth_threads(p.batch * p.m * p.n * p.k, trips))
 
 
 def _on_driver(ctx: KernelContext, p: _Product) -> bool:
@@ -145,10 +143,8 @@ def _sgemm_product(ctx: KernelContext, p: _Product, value: Value | None) -> str:
     body = (f"const int64_t mn = {p.m} - i0 < {rows} ? {p.m} - i0 : {rows};\n"
             f"const int64_t nn = {p.n} - j0 < {cols} ? {p.n} - j0 : {cols};\n{call.render()}")
     trips = p.batch * -(-p.m // rows) * -(-p.n // cols)
-    return (parallel_for(work, trips, collapse=3)
-            + f"for (int64_t b = 0; b < {p.batch}; ++b)\n"
-            f"for (int64_t i0 = 0; i0 < {p.m}; i0 += {rows})\n"
-            f"for (int64_t j0 = 0; j0 < {p.n}; j0 += {cols}) {{\n{indent(body)}\n}}")
+    return parallel(ctx, [("b", p.batch), ("i0", p.m, rows), ("j0", p.n, cols)], indent(body),
+                    threads=worth_threads(work, trips))
 
 
 @kernel("matmul")
@@ -230,9 +226,7 @@ def _cumsum(ctx: KernelContext) -> str:
     store = ctx.store("i", _narrow(ctx, "acc[c]"))
     add = "acc[c] += v;"
     update = f"{store}\n{' ' * 16}{add}" if ctx.attrs["exclusive"] else f"{add}\n{' ' * 16}{store}"
-    return parallel_for(x.numel, outer * -(-inner // cb), collapse=2) + f"""\
-for (int64_t q = 0; q < {outer}; ++q) {{
-    for (int64_t c0 = 0; c0 < {inner}; c0 += {cb}) {{
+    return parallel(ctx, [("q", outer), ("c0", inner, cb)], f"""\
         const int64_t cn = {inner} - c0 < {cb} ? {inner} - c0 : {cb};
         {acc} acc[{cb}];
         for (int64_t c = 0; c < {cb}; ++c) acc[c] = 0;
@@ -243,9 +237,7 @@ for (int64_t q = 0; q < {outer}; ++q) {{
                 const {acc} v = ({acc}){ctx.ins[0]}[i];
                 {update}
             }}
-        }}
-    }}
-}}"""
+        }}""", threads=worth_threads(x.numel, outer * -(-inner // cb)))
 
 
 @kernel("trilu")
@@ -259,14 +251,11 @@ def _trilu(ctx: KernelContext) -> str:
     edge = f"i + {k}" if ctx.attrs["upper"] else f"i + {k + 1}"
     zero = lit(0, x.dtype)
     below, above = (zero, "src[j]") if ctx.attrs["upper"] else ("src[j]", zero)
-    return parallel_for(x.numel, x.numel // cols, collapse=2) + f"""\
-for (int64_t m = 0; m < {x.numel // (rows * cols)}; ++m) {{
-    for (int64_t i = 0; i < {rows}; ++i) {{
+    return parallel(ctx, [("m", x.numel // (rows * cols)), ("i", rows)], f"""\
         const int64_t row = (m * {rows} + i) * {cols};
         const {ctx.t(0)}* restrict src = {ctx.ins[0]} + row;
         int64_t edge = {edge};
         edge = edge < 0 ? 0 : (edge > {cols} ? {cols} : edge);
         for (int64_t j = 0; j < edge; ++j) {ctx.store("row + j", below)}
-        for (int64_t j = edge; j < {cols}; ++j) {ctx.store("row + j", above)}
-    }}
-}}"""
+        for (int64_t j = edge; j < {cols}; ++j) {ctx.store("row + j", above)}""",
+                    threads=worth_threads(x.numel, x.numel // cols))

@@ -1,5 +1,6 @@
-"""C text helpers shared by the conv, pool and norm kernels: loops, flat indices, and the
-padded local copy of an input plane that depthwise conv and the pools read.
+"""C text helpers shared by the conv, pool, norm, movement and resize kernels: loops (a nest
+whose outer loops threads split), flat indices, and the padded local copy of an input plane
+that depthwise conv and the pools read.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 from ...ops.window import window_extent
-from .registry import ALIGNED, KernelContext, strides
+from .registry import ALIGNED, KernelContext, nest_depth, parallel, strides, worth_threads
 
 ROW_TILE = 256  # conv row kernel, lrn: elements of one row kept in a local array at a time
 PLANE_BYTES = 256 * 1024  # depthwise conv, pools: largest padded plane copied to the stack
@@ -32,6 +33,16 @@ def nest(loops: list[tuple[str, int]], body: str) -> str:
     for var, count in reversed(loops):
         body = loop(var, count, body)
     return body
+
+
+def split_nest(ctx: KernelContext, loops: list[tuple[str, int]], body: str, work: int) -> str:
+    """C: body inside the nest of loops over (variable, count) pairs, outermost first, its
+    first nest_depth loops split among threads when `work` in all is worth it (a task of
+    ctx: body may read the kernel's arguments and the nest's counters only)."""
+    depth = nest_depth([n for _, n in loops])
+    trips = math.prod(n for _, n in loops[:depth])
+    return parallel(ctx, loops[:depth], nest(loops[depth:], body),
+                    threads=worth_threads(work, trips))
 
 
 def flat_index(coords: list[str], shape: tuple[int, ...] | list[int]) -> str:

@@ -3,21 +3,21 @@
 Most are one nest of loops over the output (counters i0, i1, ...) reading the input at
 per-axis source coordinates; all sizes are baked in. Indices read from data are wrapped and
 clamped into range before use, so no kernel reads out of bounds. Threads split the outer
-loops of large kernels.
+loops of large kernels (a task of kiln's thread pool).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .loops import indent, split_nest
 from .registry import (
     SERIAL_WORK,
     KernelContext,
     expression_work,
     kernel,
     lit,
-    parallel_for,
-    parallel_nest,
+    parallel,
     strides,
     worth_threads,
 )
@@ -41,13 +41,11 @@ def _flat(coords: list[str], shape: tuple[int, ...]) -> str:
     return " + ".join(terms) or "0"
 
 
-def _nest(shape: tuple[int, ...], body: str, work: int = 1) -> str:
+def _nest(ctx: KernelContext, shape: tuple[int, ...], body: str, work: int = 1) -> str:
     """body inside loops i0..i{r-1} over shape (just body for a scalar), the outer loops
     split among threads when the nest is large (`work` per element)."""
-    for d in range(len(shape) - 1, -1, -1):
-        body = body.replace("\n", "\n    ")
-        body = f"for (int64_t i{d} = 0; i{d} < {shape[d]}; ++i{d}) {{\n    {body}\n}}"
-    return parallel_nest(work * _numel(shape), shape) + body
+    return split_nest(ctx, [(c, n) for c, n in zip(_counters(len(shape)), shape, strict=True)],
+                      body, work * _numel(shape))
 
 
 def _copy(ctx: KernelContext, coords: list[str]) -> str:
@@ -57,7 +55,7 @@ def _copy(ctx: KernelContext, coords: list[str]) -> str:
     # A copy whose innermost loop does not read consecutive elements does not vectorize.
     inner = f"i{len(out) - 1}"
     unit_stride = not coords or coords[-1].split(" + ")[-1] == inner
-    return _nest(out, ctx.store(_flat(_counters(len(out)), out), src),
+    return _nest(ctx, out, ctx.store(_flat(_counters(len(out)), out), src),
                  1 if unit_stride else SERIAL_WORK)
 
 
@@ -101,22 +99,35 @@ def _tile(ctx: KernelContext) -> str:
     return _copy(ctx, coords)
 
 
-def _row_copies(outer: int, rows: list[tuple[int, str]]) -> str:
+def _row_copies(ctx: KernelContext, outer: int, rows: list[tuple[int, str]]) -> str:
     """concat / split: for each (row, statement), the statement copies element j < row of
-    slice o < outer. Threads split each copy's (o, chunk) iterations, in one parallel region
-    (nowait: the copies write apart)."""
-    loops = []
-    for row, statement in rows:
-        chunk = min(row, COPY_CHUNK)
-        loops.append(f"for (int64_t o = 0; o < {outer}; ++o)\n"
-                     f"for (int64_t j0 = 0; j0 < {row}; j0 += {chunk}) {{\n"
-                     f"    const int64_t j1 = j0 + {chunk} < {row} ? j0 + {chunk} : {row};\n"
-                     f"    for (int64_t j = j0; j < j1; ++j) {statement}\n}}")
-    trips = sum(outer * -(-row // COPY_CHUNK) for row, _ in rows)
+    slice o < outer, a chunk of j at a time. Threads split the (copy, o, chunk) iterations
+    of all the copies as one loop (one task: the copies write apart)."""
+    chunks = [(row, min(row, COPY_CHUNK), statement) for row, statement in rows]
+    trips = sum(outer * -(-row // chunk) for row, chunk, _ in chunks)
     if not worth_threads(outer * sum(row for row, _ in rows), trips):
-        return "\n".join(loops)
-    split = "#pragma omp for schedule(static) collapse(2) nowait\n"
-    return "#pragma omp parallel\n{\n" + "\n".join(split + loop for loop in loops) + "\n}"
+        return "\n".join(
+            f"for (int64_t o = 0; o < {outer}; ++o)\n"
+            f"for (int64_t j0 = 0; j0 < {row}; j0 += {chunk}) {{\n"
+            f"    const int64_t j1 = j0 + {chunk} < {row} ? j0 + {chunk} : {row};\n"
+            f"    for (int64_t j = j0; j < j1; ++j) {statement}\n}}"
+            for row, chunk, statement in chunks)
+    # iteration f: copy k's chunk (f - first) % count of slice (f - first) / count, with
+    # first the iterations of the copies before k and count its chunks per slice
+    cases, first = [], 0
+    for k, (row, chunk, statement) in enumerate(chunks):
+        count = -(-row // chunk)
+        at = f"f - {first}" if first else "f"
+        if count == 1:  # a whole row
+            copy = f"const int64_t o = {at};\nfor (int64_t j = 0; j < {row}; ++j) {statement}"
+        else:
+            copy = (f"const int64_t o = ({at}) / {count}, j0 = ({at}) % {count} * {chunk};\n"
+                    f"const int64_t j1 = j0 + {chunk} < {row} ? j0 + {chunk} : {row};\n"
+                    f"for (int64_t j = j0; j < j1; ++j) {statement}")
+        first += outer * count
+        test = "" if k == len(chunks) - 1 else f"if (f < {first}) "
+        cases.append(f"{test}{{\n{indent(copy)}\n}}")
+    return parallel(ctx, [("f", trips)], " else ".join(cases), threads=True)
 
 
 @kernel("concat")
@@ -130,7 +141,7 @@ def _concat(ctx: KernelContext) -> str:
             dst = f"o * {out[axis] * inner} + {offset} + j"
             rows.append((row, ctx.store(dst, f"{name}[o * {row} + j]")))
         offset += row
-    return _row_copies(_numel(out[:axis]), rows)
+    return _row_copies(ctx, _numel(out[:axis]), rows)
 
 
 @kernel("split")
@@ -144,7 +155,7 @@ def _split(ctx: KernelContext) -> str:
             src = f"{ctx.ins[0]}[o * {shape[axis] * inner} + {offset} + j]"
             rows.append((row, ctx.store(f"o * {row} + j", src, out=k)))
         offset += row
-    return _row_copies(_numel(shape[:axis]), rows)
+    return _row_copies(ctx, _numel(shape[:axis]), rows)
 
 
 @kernel("gather")
@@ -154,14 +165,10 @@ def _gather(ctx: KernelContext) -> str:
     src = f"{ctx.ins[0]}[(o * {n} + q) * {inner} + k]"
     store = ctx.store(f"(o * {count} + j) * {inner} + k", src)
     outer = _numel(shape[:axis])
-    return (
-        parallel_for(outer * count * inner, outer * count, collapse=2)
-        + f"for (int64_t o = 0; o < {outer}; ++o) {{\n"
-        f"    for (int64_t j = 0; j < {count}; ++j) {{\n"
-        f"        {_index('q', f'{ctx.ins[1]}[j]', n)}\n"
-        f"        for (int64_t k = 0; k < {inner}; ++k) {store}\n"
-        f"    }}\n}}"
-    )
+    return parallel(ctx, [("o", outer), ("j", count)],
+                    f"{_index('q', f'{ctx.ins[1]}[j]', n)}\n"
+                    f"for (int64_t k = 0; k < {inner}; ++k) {store}",
+                    threads=worth_threads(outer * count * inner, outer * count))
 
 
 @kernel("gather_elements")
@@ -172,7 +179,7 @@ def _gather_elements(ctx: KernelContext) -> str:
     src = _flat(["q" if d == axis else c for d, c in enumerate(i)], data)
     body = (f"{_index('q', f'{ctx.ins[1]}[{flat}]', data[axis])}\n"
             f"{ctx.store(flat, f'{ctx.ins[0]}[{src}]')}")
-    return _nest(out, body, SERIAL_WORK)
+    return _nest(ctx, out, body, SERIAL_WORK)
 
 
 @kernel("gather_nd")
@@ -230,7 +237,7 @@ def _pad(ctx: KernelContext) -> str:
         fill = lit(ctx.attrs["value"], ctx.out_types[0].dtype)
         value = f"({' && '.join(guards)}) ? {value} : {fill}"
     lines.append(ctx.store(_flat(_counters(rank), out), value))
-    return _nest(out, "\n".join(lines), expression_work("\n".join(lines)))
+    return _nest(ctx, out, "\n".join(lines), expression_work("\n".join(lines)))
 
 
 @kernel("one_hot")

@@ -3,7 +3,7 @@
 Tensors are row-major. A normalization takes two passes over each group (mean, variance),
 then stores; lrn sums the squares of a channel window a row tile at a time. Threads split
 the outer loops (groups, planes), never a reduction; local arrays are declared inside the
-split loops, so each thread has its own.
+split loops (the task each thread runs), so each thread has its own.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 
 from ...ops.norm import MVN_EPSILON, lrn_window
-from .loops import ROW_TILE, indent, loop, nest
+from .loops import ROW_TILE, indent, loop
 from .registry import (
     ALIGNED,
     KernelContext,
@@ -20,8 +20,9 @@ from .registry import (
     expression_work,
     kernel,
     lit,
-    parallel_for,
+    parallel,
     strides,
+    worth_threads,
 )
 
 LANES = 8  # normalizations: partial sums of a reduction
@@ -52,10 +53,9 @@ def _lrn(ctx: KernelContext) -> str:
                    + loop("s", "tn", "sums[s] += xq[s] * xq[s];"), start="c_lo") + "\n"
             f"const {t}* restrict xp = {plane};\n"
             + loop("s", "t0 + tn", ctx.store(f"(n * {c} + c) * {size} + s", value), start="t0"))
-    tiles = f"for (int64_t t0 = 0; t0 < {size}; t0 += {tile}) {{\n{indent(body)}\n}}"
     work = n * c * size * (before + after + 1 + expression_work(value))
-    return parallel_for(work, n * c * -(-size // tile), collapse=3) \
-        + nest([("n", n), ("c", c)], tiles)
+    return parallel(ctx, [("n", n), ("c", c), ("t0", size, tile)], body,
+                    threads=worth_threads(work, n * c * -(-size // tile)))
 
 
 # ---- normalizations
@@ -93,7 +93,7 @@ def _rows(ctx: KernelContext, groups: int, size: int, setup: str, value: str,
     body = (_moments(x, index, size) + f"\n{setup}\n"
             + loop("r", size, f"const {ctx.t(0)} v = {x}[{index('r')}];\n"
                    + ctx.store(index("r"), value)))
-    return parallel_for(3 * groups * size, groups) + loop("g", groups, body)
+    return parallel(ctx, [("g", groups)], body, threads=worth_threads(3 * groups * size, groups))
 
 
 def _inv_std(ctx: KernelContext, var: str = "var") -> str:
@@ -113,7 +113,7 @@ def _batch_norm(ctx: KernelContext) -> str:
     body = setup + loop("s", size, ctx.store(f"(n * {c} + c) * {size} + s",
                                              f"({ctx.ins[0]}[(n * {c} + c) * {size} + s] - mu)"
                                              " * a + b"))
-    return parallel_for(n * c * size, n * c, collapse=2) + nest([("n", n), ("c", c)], body)
+    return parallel(ctx, [("n", n), ("c", c)], body, threads=worth_threads(n * c * size, n * c))
 
 
 @kernel("instance_norm")
@@ -155,7 +155,7 @@ def _rms_norm(ctx: KernelContext) -> str:
     store = ctx.store(f"g * {size} + r", f"{x}[g * {size} + r] * inv * {scale}")
     body = (_lane_sum("total", square, size) + f"\n{_inv_std(ctx, f'total / {size}')}\n"
             + loop("r", size, store))
-    return parallel_for(2 * groups * size, groups) + loop("g", groups, body)
+    return parallel(ctx, [("g", groups)], body, threads=worth_threads(2 * groups * size, groups))
 
 
 @kernel("layer_norm_stats")
@@ -165,7 +165,7 @@ def _layer_norm_stats(ctx: KernelContext) -> str:
     body = (_moments(ctx.ins[0], lambda r: f"g * {size} + {r}", size) + "\n" + _inv_std(ctx)
             + "\n"
             f"{ctx.outs[0]}[g] = ({t})mean;\n{ctx.outs[1]}[g] = inv;")
-    return parallel_for(2 * groups * size, groups) + loop("g", groups, body)
+    return parallel(ctx, [("g", groups)], body, threads=worth_threads(2 * groups * size, groups))
 
 
 @kernel("mean_variance_norm")
@@ -206,5 +206,5 @@ def _lp_norm(ctx: KernelContext) -> str:
     body = ("double total = 0.0;\n" + loop("kk", k, f"total += {term};") + "\n"
             f"const {t} norm = ({t}){norm};\n"
             + loop("kk", k, ctx.store(index, f"norm == 0 ? 0 : {x}[{index}] / norm")))
-    return parallel_for(2 * outer * inner * k, outer * inner, collapse=2) \
-        + nest([("a", outer), ("b", inner)], body)
+    return parallel(ctx, [("a", outer), ("b", inner)], body,
+                    threads=worth_threads(2 * outer * inner * k, outer * inner))

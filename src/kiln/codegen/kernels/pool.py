@@ -3,7 +3,8 @@
 Tensors are row-major (N, C, *spatial). A pool reads a padded local copy of each input plane
 (kiln/codegen/kernels/loops.py), or checks bounds for planes too large for the stack.
 Threads split the outer loops (planes, output rows), never a reduction; local arrays are
-declared inside the split loops, so each thread has its own.
+declared inside the split loops (the task each thread runs), so each thread has its own;
+the avg pools' tables of window counts are static, at file scope.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from .registry import (
     is_float,
     kernel,
     lit,
-    parallel_for,
+    parallel,
+    worth_threads,
 )
 
 
@@ -63,8 +65,8 @@ def _pool(ctx: KernelContext, init: str, visit: str, result: str, *,
     plane = f"const {ctx.t(0)}* restrict xc = {ctx.ins[0]} + nc * {math.prod(x[2:])};\n"
     body = plane + nest(loops[1:], f"{init}\n{window}\n{store}")
     work = SERIAL_WORK * math.prod(y) * math.prod(ctx.attrs["kernel_shape"])
-    return parallel_for(work, x[0] * x[1] * out[0], collapse=2) \
-        + nest([("nc", x[0] * x[1]), loops[0]], body)
+    return parallel(ctx, [("nc", x[0] * x[1]), loops[0]], body,
+                    threads=worth_threads(work, x[0] * x[1] * out[0]))
 
 
 def _max_of(acc: str, v: str, dtype: str) -> str:
@@ -79,16 +81,15 @@ def _max_update(dtype: str) -> str:
     return f"acc = {_max_of('acc', 'v', dtype)};"
 
 
-def _plane_pool(ctx: KernelContext, plane: Plane, fill: str, tap: str, result: str,
-                prologue: str = "") -> str:
+def _plane_pool(ctx: KernelContext, plane: Plane, fill: str, tap: str, result: str) -> str:
     x = ctx.in_types[0].shape
     store = ctx.store(out_index(ctx, "nc"), result)
     body = (f"const {ctx.t(0)}* restrict xc = {ctx.ins[0]} + nc * {math.prod(x[2:])};\n"
             + plane.fill(fill) + "\n"
             + plane.rows(ctx, tuple(ctx.attrs["kernel_shape"]), fill, tap, store))
     work = SERIAL_WORK * ctx.out_types[0].numel * math.prod(ctx.attrs["kernel_shape"])
-    return prologue + parallel_for(work, x[0] * x[1]) \
-        + loop("nc", x[0] * x[1], f"{plane.declare(ctx.t(0))}\n{body}")
+    return parallel(ctx, [("nc", x[0] * x[1])], f"{plane.declare(ctx.t(0))}\n{body}",
+                    threads=worth_threads(work, x[0] * x[1]))
 
 
 @kernel("max_pool")
@@ -139,12 +140,12 @@ def _avg_pool(ctx: KernelContext) -> str:
         return _pool(ctx, f"{t} acc = 0;\nint64_t cnt = 0;", visit, f"acc / ({t})cnt",
                      include_pad=include)
     nd = len(ctx.attrs["kernel_shape"])
-    tables = "".join(f"static const {t} counts{j}[] = {{"
-                     f"{', '.join(map(str, _window_counts(ctx, j)))}}};\n" for j in range(nd))
-    divisor = " * ".join(f"counts{j}[o{j}]" for j in range(nd - 1)) or "1"
+    ctx.helpers += [f"static const {t} kiln_counts{j}[] = {{"
+                    f"{', '.join(map(str, _window_counts(ctx, j)))}}};" for j in range(nd)]
+    divisor = " * ".join(f"kiln_counts{j}[o{j}]" for j in range(nd - 1)) or "1"
     tap = loop("ol", ctx.out_types[0].shape[-1], "acc[ol] += xr[ol];")
-    result = f"acc[ol] / ({divisor} * counts{nd - 1}[ol])"
-    return _plane_pool(ctx, plane, lit(0, ctx.in_types[0].dtype), tap, result, tables)
+    result = f"acc[ol] / ({divisor} * kiln_counts{nd - 1}[ol])"
+    return _plane_pool(ctx, plane, lit(0, ctx.in_types[0].dtype), tap, result)
 
 
 def _global_pool(ctx: KernelContext, init: str, update: str, result: str) -> str:
@@ -153,7 +154,8 @@ def _global_pool(ctx: KernelContext, init: str, update: str, result: str) -> str
     body = (f"const {ctx.t(0)}* restrict xc = {ctx.ins[0]} + nc * {size};\n{init}\n"
             + loop("s", size, f"const {ctx.t(0)} v = xc[s];\n{update}") + "\n"
             + ctx.store("nc", result))
-    return parallel_for(SERIAL_WORK * math.prod(x), x[0] * x[1]) + loop("nc", x[0] * x[1], body)
+    return parallel(ctx, [("nc", x[0] * x[1])], body,
+                    threads=worth_threads(SERIAL_WORK * math.prod(x), x[0] * x[1]))
 
 
 @kernel("global_avg_pool")
@@ -169,7 +171,8 @@ def _global_avg_pool(ctx: KernelContext) -> str:
             + f"{t} acc = 0;\n" + loop("l", LANES, "acc += part[l];") + "\n"
             + loop("s", size, "acc += xc[s];", start=full) + "\n"
             + ctx.store("nc", f"acc / ({t}){size}"))
-    return parallel_for(math.prod(x), x[0] * x[1]) + loop("nc", x[0] * x[1], body)
+    return parallel(ctx, [("nc", x[0] * x[1])], body,
+                    threads=worth_threads(math.prod(x), x[0] * x[1]))
 
 
 @kernel("global_max_pool")

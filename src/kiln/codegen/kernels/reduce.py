@@ -32,8 +32,9 @@ from .registry import (
     kernel,
     lit,
     mathfn,
-    parallel_for,
+    parallel,
     strides,
+    worth_threads,
 )
 
 # Most kept contiguous positions reduced side by side (local accumulator arrays).
@@ -148,15 +149,13 @@ def _walk(ctx: KernelContext, axes: tuple[int, ...], accs: list[Acc], steps: lis
         out = f"o * {inner} + t0 + t" if tiled else "o"
         lines.append(per_t(ctx.store(out, fill(final))))
     body = "\n".join(line for line in lines if line)
-    if tiled:
-        body = f"for (int64_t t0 = 0; t0 < {inner}; t0 += {width}) {{\n{body}\n}}"
     n_outer = math.prod(n for n, _ in kept)
     # Threads split the kept positions (and tiles), each reduced whole in one thread.
     work = ctx.in_types[0].numel * sum(expression_work(s.code) for s in steps if s.each)
     work *= 1 if tiled else SERIAL_WORK  # a lone accumulator is a dependent chain
     trips = n_outer * -(-inner // width)
-    return (parallel_for(work, trips, collapse=2 if tiled else 1)
-            + f"for (int64_t o = 0; o < {n_outer}; ++o) {{\n{body}\n}}")
+    loops = [("o", n_outer), ("t0", inner, width)] if tiled else [("o", n_outer)]
+    return parallel(ctx, loops, body, threads=worth_threads(work, trips))
 
 
 # ---- reductions -------------------------------------------------------------------------------
@@ -301,8 +300,7 @@ def _softmax_rows(ctx: KernelContext, log: bool) -> str:
     else:
         finish = f"const {t} inv = ({t})(1.0 / s);", "ex[r] * inv"
     rows = ctx.out_types[0].numel // n
-    return parallel_for(SOFTMAX_WORK * rows * n, rows) + f"""\
-for (int64_t o = 0; o < {rows}; ++o) {{
+    return parallel(ctx, [("o", rows)], f"""\
 const {t}* xr = {ctx.ins[0]} + o * {n};
 {t} mv[{lanes}] {ALIGNED};
 for (int l = 0; l < {lanes}; ++l) mv[l] = {lit(-math.inf, dtype)};
@@ -323,8 +321,8 @@ for (int w = {lanes // 2}; w > 0; w /= 2)
 double s = sv[0];
 for (int64_t r = {full}; r < {n}; ++r) s += ex[r];
 {finish[0]}
-for (int64_t r = 0; r < {n}; ++r) {ctx.store(f"o * {n} + r", finish[1])}
-}}"""
+for (int64_t r = 0; r < {n}; ++r) {ctx.store(f"o * {n} + r", finish[1])}""",
+                    threads=worth_threads(SOFTMAX_WORK * rows * n, rows))
 
 
 def _softmax_walk(ctx: KernelContext, log: bool) -> str:
@@ -415,8 +413,7 @@ def _topk(ctx: KernelContext) -> str:
         )
 
     better = _less("hv[0]", "v", dtype) if ctx.attrs["largest"] else _less("v", "hv[0]", dtype)
-    return parallel_for(SERIAL_WORK * outer * inner * n, outer * inner) + f"""\
-for (int64_t a = 0; a < {outer * inner}; ++a) {{
+    return parallel(ctx, [("a", outer * inner)], f"""\
 const int64_t q = a / {inner}, b = a % {inner};
 const {t}* xs = {ctx.ins[0]} + q * {n * inner} + b;
 {t}* hv = {ctx.outs[0]} + q * {k * inner} + b;
@@ -430,5 +427,4 @@ for (int64_t j = {k}; j < {n}; ++j) {{
 for (int64_t e = {k - 1}; e > 0; --e) {{
   {swap('0', 'e')}
   {sift('0', 'e')}
-}}
-}}"""
+}}""", threads=worth_threads(SERIAL_WORK * outer * inner * n, outer * inner))

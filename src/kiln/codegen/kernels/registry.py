@@ -8,9 +8,9 @@ are `in0, in1, ...` and outputs `out0, ...` (typed, restrict pointers, all shape
 A template of an op declaring `epilogue=True` writes each element of its single output
 exactly once through `ctx.store(i, v)`; that lets the fusion pass append an elementwise
 chain (the epilogue) to it.
-Kernels run on any thread count: templates put `parallel_for` (an OpenMP pragma) on outer
-loops whose iterations write disjoint outputs and never split a reduction, so the results
-do not depend on the thread count.
+Kernels run on any thread count: templates split with `parallel` (a task for kiln's thread
+pool) outer loops whose iterations write disjoint outputs and never split a reduction, so
+the results do not depend on the thread count.
 """
 
 from __future__ import annotations
@@ -71,13 +71,59 @@ def worth_threads(work: int, trips: int) -> bool:
     return work >= PARALLEL_WORK and trips >= 2
 
 
-def parallel_for(work: int, trips: int, *, collapse: int = 1) -> str:
-    """An OpenMP pragma line parallelizing the loop nest that follows (its `collapse` outer
-    loops run `trips` iterations in all, each independent), or "" unless worth_threads."""
-    if not worth_threads(work, trips):
-        return ""
-    clause = f" collapse({collapse})" if collapse > 1 else ""
-    return f"#pragma omp parallel for schedule(static){clause}\n"
+Loop = tuple[str, int | str] | tuple[str, int | str, int]  # (variable, end[, step]) from 0
+
+
+def parallel(ctx: KernelContext, loops: Sequence[Loop], body: str, *, threads: bool,
+             shared: Sequence[str] = ()) -> str:
+    """C: the perfect nest `loops` (outermost first; each from 0 below its end, by its step)
+    around body, whose iterations write apart. With `threads`, the nest becomes a task that
+    kiln_parallel (threadpool.py) splits among the threads: a static function of its own
+    running a range of the nest's flat iterations, so body can read only the kernel's
+    arguments and the enclosing locals that `shared` declares (e.g. "float* restrict col",
+    passed by value); a C end may name those too."""
+    steps = [(var, end, step[0] if step else 1) for var, end, *step in loops]
+    if not threads:
+        for var, end, step in reversed(steps):
+            advance = f"++{var}" if step == 1 else f"{var} += {step}"
+            body = f"for (int64_t {var} = 0; {var} < {end}; {advance}) {{\n{body}\n}}"
+        return body
+    name = f"kiln_task{ctx.tasks}"
+    ctx.tasks += 1
+    counts = [str(-(-end // step)) if isinstance(end, int) else f"(({end}) + {step - 1}) / {step}"
+              for _, end, step in steps]
+    if len(steps) == 1:
+        var, _, step = steps[0]
+        advance = f"++{var}" if step == 1 else f"{var} += {step}"
+        scale = "" if step == 1 else f" * {step}"
+        nest = (f"for (int64_t {var} = kiln_lo{scale}; {var} < kiln_hi{scale}; {advance}) "
+                f"{{\n{body}\n}}")
+    else:
+        # the nest's counters from kiln_lo, then advanced like an odometer (no division per
+        # iteration); the advance sits in the for's increment, so a `continue` in body works
+        digits = [f"kiln_c{j}" for j in range(len(steps))]
+        start = ", ".join(
+            f"{d} = kiln_lo{''.join(f' / ({c})' for c in counts[j + 1:])}"
+            + (f" % ({counts[j]})" if j else "") for j, d in enumerate(digits))
+        carry = f"++{digits[0]}"
+        for j in range(1, len(steps)):
+            carry = f"(++{digits[j]} == ({counts[j]}) ? ({digits[j]} = 0, {carry}) : 0)"
+        values = ", ".join(f"{var} = {d}" + ("" if step == 1 else f" * {step}")
+                           for (var, _, step), d in zip(steps, digits, strict=True))
+        nest = (f"int64_t {start};\n"
+                f"for (int64_t kiln_f = kiln_lo; kiln_f < kiln_hi; ++kiln_f, (void){carry}) {{\n"
+                f"const int64_t {values};\n{body}\n}}")
+    names = [decl.split()[-1] for decl in shared]
+    ctx.helpers.append(
+        f"struct {name}_ctx {{ void* const* args;{''.join(f' {d};' for d in shared)} }};\n"
+        f"static void {name}(const void* kiln_ctx, int64_t kiln_lo, int64_t kiln_hi) {{\n"
+        f"const struct {name}_ctx* kiln_c = (const struct {name}_ctx*)kiln_ctx;\n"
+        f"void* const* args = kiln_c->args;\n{ctx.unpack}\n"
+        + "".join(f"{d} = kiln_c->{n}; (void){n};\n" for d, n in zip(shared, names, strict=True))
+        + f"{nest}\n}}\n")
+    trips = " * ".join(counts)
+    return (f"{{\nconst struct {name}_ctx kiln_c = {{{', '.join(['args', *names])}}};\n"
+            f"kiln_parallel({name}, &kiln_c, {trips});\n}}")
 
 
 def nest_depth(dims: Sequence[int]) -> int:
@@ -87,12 +133,6 @@ def nest_depth(dims: Sequence[int]) -> int:
     while depth < len(dims) - 1 and math.prod(dims[:depth]) < PARALLEL_TRIPS:
         depth += 1
     return depth
-
-
-def parallel_nest(work: int, dims: Sequence[int]) -> str:
-    """parallel_for over the nest_depth(dims) outer loops of a perfect nest over dims."""
-    depth = nest_depth(dims)
-    return parallel_for(work, math.prod(dims[:depth]), collapse=depth) if dims else ""
 
 
 def expression_work(expr: str) -> int:
@@ -209,6 +249,8 @@ class KernelContext:
     unpack: str = ""
     # Filled by the template: C definitions placed before the kernel function (static helpers).
     helpers: list[str] = field(default_factory=list)
+    # Tasks (parallel loop nests, see `parallel`) the template has made so far.
+    tasks: int = 0
 
     def store_row(self, ld: int, index: str, outer: str, inner: str, value: str) -> str:
         """ctx.store(index, value) for the element at row `outer`, column `inner` of the output
@@ -321,18 +363,18 @@ def _elementwise_template(op: str) -> TemplateFn:
             loads = [f"const {ctx.t(k)} x{k} = {name}[{broadcast_index(s, out.shape, 'i')}];"
                      for k, (name, s) in enumerate(zip(ctx.ins, shapes, strict=True))]
             body = "\n    ".join(loads + [ctx.store("i", expr)])
-            return (parallel_for(out.numel * expression_work(expr), out.numel)
-                    + f"for (int64_t i = 0; i < {out.numel}; ++i) {{\n    {body}\n}}")
+            threads = worth_threads(out.numel * expression_work(expr), out.numel)
+            return parallel(ctx, [("i", out.numel)], f"    {body}", threads=threads)
         loads = [f"const {ctx.t(k)} x{k} = "
                  f"{name}[{row_index(s, out.shape, ld, 'outer', 'inner', 'i')}];"
                  for k, (name, s) in enumerate(zip(ctx.ins, shapes, strict=True))]
         body = "\n        ".join([f"const int64_t i = outer * {ld} + inner;", *loads,
                                   ctx.store_row(ld, "i", "outer", "inner", expr)])
         rows = out.numel // ld
-        return (parallel_for(out.numel * expression_work(expr), rows)
-                + f"for (int64_t outer = 0; outer < {rows}; ++outer) {{\n"
-                f"    for (int64_t inner = 0; inner < {ld}; ++inner) {{\n        {body}\n"
-                "    }\n}")
+        threads = worth_threads(out.numel * expression_work(expr), rows)
+        return parallel(ctx, [("outer", rows)],
+                        f"    for (int64_t inner = 0; inner < {ld}; ++inner) {{\n        {body}\n"
+                        "    }", threads=threads)
 
     return template
 
@@ -342,3 +384,4 @@ def get_expression(op: str) -> ExprFn:
         return _EXPRS[op]
     except KeyError:
         raise UnsupportedOpError(f"no C expression for elementwise IR op '{op}'") from None
+

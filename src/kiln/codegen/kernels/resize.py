@@ -1,10 +1,10 @@
 """C kernel of `resize` (semantics: kiln/ops/resize.py).
 
-The taps of each resized axis (`axis_taps`) become static tables: source offsets (index
-times input stride) and weights per output position. The kernel loops over the output, sums
-the weighted taps in double (the precision of ONNX's reference) and stores each element
-once; nearest copies one source element, so it works for every dtype. Threads split the
-outer output loops.
+The taps of each resized axis (`axis_taps`) become static tables (at file scope): source
+offsets (index times input stride) and weights per output position. The kernel loops over
+the output, sums the weighted taps in double (the precision of ONNX's reference) and stores
+each element once; nearest copies one source element, so it works for every dtype. Threads
+split the outer output loops.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from .registry import (
     kernel,
     lit,
     nest_depth,
-    parallel_nest,
+    parallel,
     strides,
+    worth_threads,
 )
 
 
@@ -83,15 +84,12 @@ def _resize(ctx: KernelContext) -> str:
     taps = {d: axis_taps(d, n, attrs) for d, n in enumerate(x.shape)
             if not is_identity_axis(d, n, attrs)}
     in_st = strides(x.shape)
-    lines = _tables(taps, in_st, nearest)
+    ctx.helpers += _tables(taps, in_st, nearest)
     per_element = 1 if nearest else math.prod(t.index.shape[1] for t in taps.values())
-    pragma = parallel_nest(SERIAL_WORK * out.numel * per_element, out.shape)
     depth = nest_depth(out.shape)
     # Threads split the `depth` outer loops, nested perfectly; then for each loop level, p:
     # the flat output index, b: the input offset of the taps.
-    lines += [pragma.rstrip("\n")] if pragma else []
-    lines += [f"for (int64_t o{d} = 0; o{d} < {n}; ++o{d}) {{"
-              for d, n in enumerate(out.shape[:depth])]
+    lines = []
     for d, n in enumerate(out.shape):
         terms = [f"b{d - 1}"] if d else []
         if d not in taps:
@@ -113,5 +111,8 @@ def _resize(ctx: KernelContext) -> str:
         fill = saturate(np.array(attrs["extrapolation_value"]), out.dtype)
         value = f"({' || '.join(outside)} ? {lit(fill.item(), out.dtype)} : value)"
     lines.append(ctx.store(f"p{out.rank - 1}", value))
-    lines += ["}"] * out.rank
-    return "\n".join(lines)
+    lines += ["}"] * (out.rank - depth)
+    threads = worth_threads(SERIAL_WORK * out.numel * per_element,
+                            math.prod(out.shape[:depth]))
+    return parallel(ctx, [(f"o{d}", n) for d, n in enumerate(out.shape[:depth])],
+                    "\n".join(lines), threads=threads)

@@ -23,7 +23,7 @@ from ...ops.layout import PANEL
 from ...ops.winograd import ALPHA, AT, BT, POINTS, TILE, tiles
 from .geometry import ConvGeometry
 from .loops import indent
-from .registry import ALIGNED, KernelContext, worth_threads
+from .registry import ALIGNED, KernelContext, parallel, worth_threads
 from .sgemm import Call, driver_work
 
 LANES = 16  # channels per step of the transforms' loops (one AVX-512 vector)
@@ -81,12 +81,6 @@ def _lanes_loop(count: int, body: str) -> str:
     return f"for (int64_t cc = 0; cc < {bound}; ++cc) {{\n{indent(body)}\n}}"
 
 
-def _parallel(threads: bool, loops: int = 2) -> str:
-    """The pragma splitting a phase's `loops` outer loops among the threads, if any."""
-    collapse = f" collapse({loops})" if loops > 1 else ""
-    return f"#pragma omp for schedule(static){collapse}\n" if threads else ""
-
-
 def _window_rows(ctx: KernelContext, g: ConvGeometry, width: int) -> str:
     """C: win[i][xx][cc] = input channel c0 + cc at row iy + i, column xx - pad (0 in the
     padding) for the ALPHA rows of tile row `row`, channels interleaved so that the
@@ -132,8 +126,8 @@ def _input_phase(ctx: KernelContext, g: ConvGeometry, tb: int, threads: bool) ->
             f"for (int64_t t = 0; t < {tx}; ++t) {{\n"
             f"    kiln_winograd_input(win + t * {TILE * LANES}, "
             f"vbuf + (rr * {tx} + t) * {c} + c0, cn);\n}}")
-    return (_parallel(threads) + f"for (int64_t c0 = 0; c0 < {c}; c0 += {LANES})\n"
-            f"for (int64_t rr = 0; rr < rn; ++rr) {{\n{indent(body)}\n}}")
+    return parallel(ctx, [("c0", c, LANES), ("rr", "rn")], indent(body), threads=threads,
+                    shared=["float* restrict vbuf", "const int64_t r0", "const int64_t rn"])
 
 
 def _product_phase(ctx: KernelContext, g: ConvGeometry, tb: int, threads: bool) -> str:
@@ -144,8 +138,9 @@ def _product_phase(ctx: KernelContext, g: ConvGeometry, tb: int, threads: bool) 
                 a_rs=str(c), a_cs="1", b_panels=f"{ctx.ins[1]} + xi * {panels * c * PANEL}",
                 panel_stride=str(c * PANEL), c=f"mbuf + xi * {_point_stride(tb * m)}",
                 ldc=str(m))
-    return (_parallel(threads, loops=1)
-            + f"for (int64_t xi = 0; xi < {POINTS}; ++xi)\n{call.render()}")
+    return parallel(ctx, [("xi", POINTS)], indent(call.render()), threads=threads,
+                    shared=["const float* restrict vbuf", "float* restrict mbuf",
+                            "const int64_t un"])
 
 
 def _output_phase(ctx: KernelContext, g: ConvGeometry, tb: int, threads: bool) -> str:
@@ -170,8 +165,8 @@ def _output_phase(ctx: KernelContext, g: ConvGeometry, tb: int, threads: bool) -
             f"const int64_t row = r0 + u / {tx}, n = row / {ty};\n"
             f"const int64_t y0 = row % {ty} * {TILE}, x0 = u % {tx} * {TILE};\n"
             f"float y[{TILE * TILE}][{LANES}] {ALIGNED};\n{compute}\n{store}")
-    return (_parallel(threads) + f"for (int64_t m0 = 0; m0 < {m}; m0 += {LANES})\n"
-            f"for (int64_t u = 0; u < un; ++u) {{\n{indent(body)}\n}}")
+    return parallel(ctx, [("m0", m, LANES), ("u", "un")], indent(body), threads=threads,
+                    shared=["const float* restrict mbuf", "const int64_t r0", "const int64_t un"])
 
 
 def winograd_conv(ctx: KernelContext, g: ConvGeometry) -> str:
@@ -181,13 +176,13 @@ def winograd_conv(ctx: KernelContext, g: ConvGeometry) -> str:
     tb = rb * tx
     # the 36 products split among threads, each streaming its points' transformed weights
     threads = worth_threads(driver_work(total * tx * POINTS * c * m) + POINTS * c * m, 2)
+    # each phase a call of its own (it returns when the phase is done: the next one reads
+    # its results) on the master's buffers
     phases = "\n".join(phase(ctx, g, tb, threads)
                        for phase in (_input_phase, _product_phase, _output_phase))
     block = (f"for (int64_t r0 = 0; r0 < {total}; r0 += {rb}) {{\n"
              + indent(f"const int64_t rn = {total} - r0 < {rb} ? {total} - r0 : {rb}, "
                       f"un = rn * {tx};\n{phases}") + "\n}")
-    if threads:
-        block = f"#pragma omp parallel\n{{\n{block}\n}}"
     v_size, m_size = POINTS * _point_stride(tb * c), POINTS * _point_stride(tb * m)
     return (f"float* restrict vbuf = kiln_scratch(1, {v_size + m_size});\n"
             f"float* restrict mbuf = vbuf + {v_size};\n{block}")

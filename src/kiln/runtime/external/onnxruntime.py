@@ -40,7 +40,7 @@ class OnnxRuntimeBackend(onnx_graph.OnnxBackend):
     def __init__(self, *, num_threads: int = 1) -> None:
         """num_threads: onnxruntime's intra-op threads. One by default: the engine runs as a
         step between kiln's own kernels, which already use every core the device allows
-        (OpenMP), and executors may run concurrently in several threads; a second pool of
+        (its thread pool), and executors may run concurrently in several threads; a second pool of
         threads per session would oversubscribe the cores."""
         self.num_threads = num_threads
         self._session: onnxruntime.InferenceSession | None = None

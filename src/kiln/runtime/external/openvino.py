@@ -43,7 +43,7 @@ class OpenVinoBackend(onnx_graph.OnnxBackend):
         """num_threads: OpenVINO's inference threads. One by default, for the reason given
         for onnxruntime (kiln/runtime/external/onnxruntime.py): kiln's kernels already use
         the cores, and executors may run concurrently. Threads are not pinned to cores, so
-        the engine never fights kiln's OpenMP threads for a pinned core."""
+        the engine never fights kiln's pool threads for a pinned core."""
         self.num_threads = num_threads
         self._compiled: openvino.CompiledModel | None = None
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
