@@ -31,6 +31,7 @@ THREADPOOL_SOURCE = r"""#define _GNU_SOURCE
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <sys/syscall.h>
@@ -39,6 +40,7 @@ THREADPOOL_SOURCE = r"""#define _GNU_SOURCE
 @API@
 #define KILN_MAX_THREADS 256
 #define KILN_SPIN_NS @SPIN@LL
+#define KILN_YIELD_EVERY 64
 
 #if defined(__x86_64__) || defined(__i386__)
 #define kiln_relax() __builtin_ia32_pause()
@@ -66,6 +68,14 @@ static struct {
    thread counts can run at once in two threads. */
 static _Thread_local int team = 1;
 static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* One step of a wait loop: a pause, and every KILN_YIELD_EVERY steps the CPU to any other
+   thread that wants it (a worker and its caller put on one CPU by the scheduler would
+   otherwise wait for the other's time slice to end: ~2 ms stalls, seen here). */
+static inline void kiln_pause(int spins) {
+    kiln_relax();
+    if (spins % KILN_YIELD_EVERY == 0) sched_yield();
+}
 
 static int64_t now_ns(void) {
     struct timespec ts;
@@ -100,10 +110,10 @@ static void* worker(void* arg) {
     for (;;) {
         uint32_t epoch = atomic_load_explicit(&pool.epoch, memory_order_acquire);
         const int64_t until = now_ns() + KILN_SPIN_NS;
-        for (int spins = 0; epoch == seen; spins++) {
-            kiln_relax();
+        for (int spins = 1; epoch == seen; spins++) {
+            kiln_pause(spins);
             epoch = atomic_load_explicit(&pool.epoch, memory_order_acquire);
-            if ((spins & 255) == 255 && now_ns() > until) break;
+            if ((spins & 255) == 0 && now_ns() > until) break;
         }
         if (epoch == seen) {
             atomic_fetch_add(&pool.sleepers, 1);
@@ -171,7 +181,8 @@ void kiln_parallel(kiln_task task, const void* ctx, int64_t trips) {
     if (atomic_load(&pool.sleepers) > 0)
         syscall(SYS_futex, &pool.epoch, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
     run_parts(epoch);
-    while (atomic_load_explicit(&pool.done, memory_order_acquire) < parts) kiln_relax();
+    for (int spins = 1; atomic_load_explicit(&pool.done, memory_order_acquire) < parts; spins++)
+        kiln_pause(spins);
     atomic_store_explicit(&pool.owned, 0, memory_order_release);
 }
 """
