@@ -62,7 +62,7 @@ static struct {
     _Atomic int sleepers;
     _Atomic int team;        /* the job's threads: workers 1 .. team - 1 take part */
     _Atomic int owned;       /* a caller holds the pool */
-    int started;             /* workers created (guarded by start_lock) */
+    _Atomic int started;     /* workers created (created under start_lock) */
 } pool;
 /* Each calling thread's team size (kiln_set_num_threads): two executors with their own
    thread counts can run at once in two threads. */
