@@ -48,11 +48,14 @@ ALIGNED = "__attribute__((aligned(64)))"
 
 
 # Kernels with less work than this stay serial. Work counts inner-loop element operations (one
-# vectorized multiply-add, or one element loaded and stored: about 0.2 ns). A parallel
-# region costs 1-2 us: measured on add, conv, matmul, softmax, pools and norms, 2 threads
-# break even at about 16K units, gain 1.2-1.4x at 32K and 1.4-1.6x at 64K; small kernels
-# also lose most when another process holds a core, hence the margin.
-PARALLEL_WORK = 1 << 16
+# vectorized multiply-add, or one element loaded and stored: about 0.2 ns). Under OpenMP a
+# parallel region cost 1-2 us and 2 threads broke even at about 16K units (measured on add,
+# conv, matmul, softmax, pools and norms); kiln's pool costs ~0.5 us a job
+# (benchmarks/bench_forkjoin.py), and halving the threshold from 64K took 5-7% off the small
+# e2e CNNs at 2 threads (resnet18_like 0.130 -> 0.121 ms, mobilenetv2_like 0.068 -> 0.063)
+# while 16K gained nothing more: small kernels also lose most when another process holds a
+# core, hence the margin.
+PARALLEL_WORK = 1 << 15
 # Work of one call to a math function (tanhf, erf...) in an element's expression.
 CALL_WORK = 32
 # Work of an element step that does not vectorize: a running sum kept in order, a strided or
