@@ -72,6 +72,8 @@ class Executor:
         except (KeyError, IndexError, TypeError, ValueError) as e:
             raise FormatError(f"{lib.path}: model '{name}' has a malformed manifest entry: "
                               f"{e!r}") from None
+        if not self.missing_params():  # bind now: the first run costs what the others do
+            self._ensure_bound()
 
     def _setup(self, spec: dict[str, Any]) -> None:
         self.spec = spec
