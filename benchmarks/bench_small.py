@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
-import time
-from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -29,20 +26,7 @@ from . import zoo
 from .profile import median_ms
 
 WARMUP, RUNS = 200, 2000
-IDLE_RUNS = 15
-
-
-def after_idle_ms(run: Callable[[], object], idle: float) -> float:
-    """Median latency in ms of IDLE_RUNS runs, each after `idle` seconds of sleep."""
-    for _ in range(10):
-        run()
-    times = []
-    for _ in range(IDLE_RUNS):
-        time.sleep(idle)
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+IDLE_RUNS, IDLE_WARMUP = 15, 10
 
 
 def main() -> None:
@@ -52,8 +36,8 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=0.0,
                         help="seconds of sleep before each timed run (0: back to back)")
     args = parser.parse_args()
-    timed = (functools.partial(after_idle_ms, idle=args.idle) if args.idle > 0
-             else functools.partial(median_ms, repeat=RUNS, warmup=WARMUP))
+    timed = (functools.partial(median_ms, repeat=IDLE_RUNS, warmup=IDLE_WARMUP, idle=args.idle)
+             if args.idle > 0 else functools.partial(median_ms, repeat=RUNS, warmup=WARMUP))
     for name in args.models.split(","):
         bench = zoo.prepare(name)
         model = onnx.load(bench.onnx_path)

@@ -24,12 +24,15 @@ import kiln
 from . import zoo
 
 
-def median_ms(run: Callable[[], object], repeat: int, warmup: int = 2) -> float:
-    """Median latency of run in ms over repeat runs, after warmup untimed ones."""
+def median_ms(run: Callable[[], object], repeat: int, warmup: int = 2,
+              idle: float = 0.0) -> float:
+    """Median latency of run in ms over repeat runs, after warmup untimed ones; with idle,
+    each timed run follows that many seconds of sleep."""
     for _ in range(warmup):
         run()
     times = []
     for _ in range(repeat):
+        time.sleep(idle)
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
