@@ -7,12 +7,13 @@ are left, so it never waits for a worker that has not started: a worker that is 
 whose virtual CPU the hypervisor has parked (measured here: ~8 ms to wake an idle vCPU),
 finds the parts taken when it arrives. The call returns when every part is done, having
 waited only for parts that a worker is running. OpenMP's fork/join, which this replaced,
-waits for every thread of the team at each region's end: a model's first run after 0.2 s
-idle took 12 ms instead of 0.1 ms at two threads.
+waits for every thread of the team at each region's end: a small model's run after 0.2 s
+idle took 12 ms instead of 0.4 ms at two threads (benchmarks/bench_small.py --idle 0.2).
 
 Workers spin on the job counter for SPIN_NS after their last part (kernels follow each other
-within microseconds), then sleep on a futex. One caller at a time owns the pool; a second
-caller (another Python thread running another model) or a nested call runs its loop alone.
+within microseconds), then sleep on a futex; every wait loop yields the CPU now and then.
+One caller at a time owns the pool; a second caller (another Python thread running another
+model) or a nested call runs its loop alone.
 Parts are claimed by compare-and-swap on one word holding (job epoch, next part): a worker
 that read a finished job's description can never claim a part of the next one.
 """
