@@ -34,7 +34,7 @@ pytestmark = pytest.mark.e2e
 
 CROSS_CC = "aarch64-linux-gnu-gcc"
 QEMU = "qemu-aarch64"
-SYSROOT = "/usr/aarch64-linux-gnu"  # libc, ld.so and libgomp of the cross toolchain
+SYSROOT = "/usr/aarch64-linux-gnu"  # libc and ld.so of the cross toolchain
 AARCH64 = {"kind": "c", "cc": CROSS_CC}
 TOLERANCE = 1e-4  # as in tests/e2e/test_models.py
 MODELS = {f.__name__: f for f in (mlp, mobilenetv2_like, resnet18_like)}
