@@ -86,7 +86,7 @@ def parallel(ctx: KernelContext, loops: Sequence[Loop], body: str, *, threads: b
     arguments and the enclosing locals that `shared` declares (e.g. "float* restrict col",
     passed by value); a C end may name those too."""
     steps = [(var, end, step[0] if step else 1) for var, end, *step in loops]
-    if not threads:
+    if not threads or not steps:
         for var, end, step in reversed(steps):
             advance = f"++{var}" if step == 1 else f"{var} += {step}"
             body = f"for (int64_t {var} = 0; {var} < {end}; {advance}) {{\n{body}\n}}"
