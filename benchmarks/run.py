@@ -137,7 +137,7 @@ class Served:
     def __init__(self, spec: dict, env: dict[str, str], timeout: float) -> None:
         self.timeout = timeout
         command_read, self._command = os.pipe()
-        self._reply, reply_write = os.pipe()
+        reply_read, reply_write = os.pipe()
         self.tmp = tempfile.TemporaryDirectory(prefix="kiln-bench-")
         spec_path = Path(self.tmp.name) / "spec.json"
         spec_path.write_text(json.dumps({**spec, "task": "serve", "command_fd": command_read,
@@ -150,7 +150,7 @@ class Served:
                                          stdout=subprocess.DEVNULL, stderr=log)
         os.close(command_read)
         os.close(reply_write)
-        self.replies = os.fdopen(self._reply)
+        self.replies = os.fdopen(reply_read)
         self.error: str | None = None
         self.ready = self._receive()
 
@@ -179,8 +179,12 @@ class Served:
         return f"worker died ({how}): {tail[:200]}"
 
     def ask(self, command: dict) -> dict:
+        """Send a command; the reply (a worker that died since its last one says how)."""
         if self.error is None:
-            os.write(self._command, (json.dumps(command) + "\n").encode())
+            try:
+                os.write(self._command, (json.dumps(command) + "\n").encode())
+            except BrokenPipeError:
+                pass  # gone: _receive reads the end of its replies and reports how it died
         return self._receive()
 
     def close(self) -> None:
@@ -189,6 +193,7 @@ class Served:
             os.close(self._command)
             self._command = -1
         self.proc.wait()
+        self.replies.close()
         self.tmp.cleanup()
 
 
